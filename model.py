@@ -1,0 +1,590 @@
+"""BERT: configuration, encoder, pre-training and task heads, checkpoint loading and export.
+
+Parameter names and shapes are those of Hugging Face's classes of the same names, so a
+state dict moves between the two with `load_state_dict` unchanged. `load_checkpoint`
+also reads NVIDIA DeepLearningExamples checkpoints (`dense_act` names, `module.` prefixes,
+vocabulary padded to a multiple of 8).
+
+Deliberate deviations from NVIDIA's modeling.py:
+- Attention runs through `torch.nn.functional.scaled_dot_product_attention`, in
+  (batch, heads, seq, head_dim) layout; no TorchScript/NVFuser.
+- `hidden_act="gelu"` is the exact erf GELU (as Google and Hugging Face); NVIDIA's newer code
+  silently used the tanh approximation. "gelu_new"/"gelu_pytorch_tanh" select that one.
+- `BertForPreTraining` with labels decodes only masked positions (NVIDIA's
+  "dense_seq_output", always on) and returns the losses; without labels it returns logits
+  over every position. Logits never include the padded vocabulary rows.
+- Loading is strict about the encoder (a missing, unexpected or mis-shaped encoder weight is
+  an error, see NVIDIA issues #1151/#1154); task heads may be missing or unexpected and are
+  reported by name.
+- Checkpoints are read with `torch.load(weights_only=True)` or safetensors only: no pickled code.
+"""
+
+import json
+import logging
+import math
+import os
+import shutil
+import tempfile
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+try:  # apex's fused kernel when present; same parameter names as nn.LayerNorm
+    from apex.normalization import FusedLayerNorm as LayerNorm
+except ImportError:
+    LayerNorm = nn.LayerNorm
+
+logger = logging.getLogger(__name__)
+
+ACT2FN = {
+    "gelu": F.gelu,
+    "gelu_new": lambda x: F.gelu(x, approximate="tanh"),
+    "gelu_pytorch_tanh": lambda x: F.gelu(x, approximate="tanh"),
+    "relu": F.relu,
+    "tanh": torch.tanh,
+    "swish": F.silu,
+    "silu": F.silu,
+}
+
+
+# ----------------------------------------------------------------------------- config
+
+@dataclass
+class BertConfig:
+    """The fields of BERT's bert_config.json / Hugging Face's config.json.
+
+    `pad_vocab_to_multiple_of` (ours, default 1 = off) rounds the embedding table up for
+    tensor cores, as NVIDIA does (30522 -> 30528 with 8); `vocab_size` stays the real size.
+    """
+    vocab_size: int = 30522
+    hidden_size: int = 768
+    num_hidden_layers: int = 12
+    num_attention_heads: int = 12
+    intermediate_size: int = 3072
+    hidden_act: str = "gelu"
+    hidden_dropout_prob: float = 0.1
+    attention_probs_dropout_prob: float = 0.1
+    max_position_embeddings: int = 512
+    type_vocab_size: int = 2
+    initializer_range: float = 0.02
+    layer_norm_eps: float = 1e-12
+    pad_vocab_to_multiple_of: int = 1
+
+    def __post_init__(self):
+        positive = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
+                    "intermediate_size", "max_position_embeddings", "type_vocab_size",
+                    "pad_vocab_to_multiple_of")
+        for name in positive:
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"BertConfig.{name} must be a positive integer, got {value!r}")
+        if self.hidden_size % self.num_attention_heads:
+            raise ValueError(f"BertConfig.hidden_size ({self.hidden_size}) must be divisible by "
+                             f"num_attention_heads ({self.num_attention_heads})")
+        if self.hidden_act not in ACT2FN:
+            raise ValueError(f"BertConfig.hidden_act {self.hidden_act!r} is not one of "
+                             f"{sorted(ACT2FN)}")
+        for name in ("hidden_dropout_prob", "attention_probs_dropout_prob"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise ValueError(f"BertConfig.{name} must be in [0, 1), got {getattr(self, name)}")
+
+    @property
+    def padded_vocab_size(self):
+        multiple = self.pad_vocab_to_multiple_of
+        return math.ceil(self.vocab_size / multiple) * multiple
+
+    @classmethod
+    def from_dict(cls, values):
+        """Builds a config from a dict; keys that are not BERT fields (Hugging Face's
+        model_type, architectures, ...) are ignored."""
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in values.items() if k in known})
+
+    @classmethod
+    def from_json_file(cls, path):
+        try:
+            with open(path, encoding="utf-8") as f:
+                values = json.load(f)
+        except FileNotFoundError:
+            raise FileNotFoundError(f"BERT config file {path} does not exist") from None
+        except json.JSONDecodeError as e:
+            raise ValueError(f"BERT config file {path} is not valid JSON: {e}") from None
+        if not isinstance(values, dict):
+            raise ValueError(f"BERT config file {path} must hold a JSON object")
+        try:
+            return cls.from_dict(values)
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"BERT config file {path}: {e}") from None
+
+    def to_dict(self):
+        return asdict(self)
+
+    def to_json_file(self, path, extra=None):
+        """Writes the config (plus `extra` keys) as JSON, atomically."""
+        atomic_write_text(path, json.dumps({**self.to_dict(), **(extra or {})}, indent=2) + "\n")
+
+
+# ----------------------------------------------------------------------------- encoder
+
+class BertEmbeddings(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        self.word_embeddings = nn.Embedding(config.padded_vocab_size, config.hidden_size)
+        self.position_embeddings = nn.Embedding(config.max_position_embeddings, config.hidden_size)
+        self.token_type_embeddings = nn.Embedding(config.type_vocab_size, config.hidden_size)
+        self.LayerNorm = LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+
+    def forward(self, input_ids, token_type_ids):
+        positions = torch.arange(input_ids.shape[1], device=input_ids.device)
+        embeddings = (self.word_embeddings(input_ids) + self.position_embeddings(positions)
+                      + self.token_type_embeddings(token_type_ids))
+        return self.dropout(self.LayerNorm(embeddings))
+
+
+class BertSelfAttention(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        self.num_heads = config.num_attention_heads
+        self.query = nn.Linear(config.hidden_size, config.hidden_size)
+        self.key = nn.Linear(config.hidden_size, config.hidden_size)
+        self.value = nn.Linear(config.hidden_size, config.hidden_size)
+        self.dropout_prob = config.attention_probs_dropout_prob
+
+    def split_heads(self, x):
+        batch, seq, hidden = x.shape
+        return x.view(batch, seq, self.num_heads, hidden // self.num_heads).transpose(1, 2)
+
+    def forward(self, hidden_states, attention_bias):
+        q = self.split_heads(self.query(hidden_states))  # (B, heads, T, head_dim)
+        k = self.split_heads(self.key(hidden_states))
+        v = self.split_heads(self.value(hidden_states))
+        if attention_bias is not None:
+            attention_bias = attention_bias.to(q.dtype)  # autocast: q is fp16/bf16
+        context = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=attention_bias,
+            dropout_p=self.dropout_prob if self.training else 0.0)
+        batch, _, seq, _ = context.shape
+        return context.transpose(1, 2).reshape(batch, seq, -1)  # (B, T, hidden)
+
+
+class BertSelfOutput(nn.Module):
+    """Projection, dropout and the post-LayerNorm residual (also BertOutput's shape)."""
+
+    def __init__(self, config, input_size):
+        super().__init__()
+        self.dense = nn.Linear(input_size, config.hidden_size)
+        self.LayerNorm = LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+
+    def forward(self, hidden_states, residual):
+        return self.LayerNorm(self.dropout(self.dense(hidden_states)) + residual)
+
+
+class BertAttention(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        self.self = BertSelfAttention(config)
+        self.output = BertSelfOutput(config, config.hidden_size)
+
+    def forward(self, hidden_states, attention_bias):
+        return self.output(self.self(hidden_states, attention_bias), hidden_states)
+
+
+class BertIntermediate(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        self.dense = nn.Linear(config.hidden_size, config.intermediate_size)
+        self.activation = ACT2FN[config.hidden_act]
+
+    def forward(self, hidden_states):
+        return self.activation(self.dense(hidden_states))
+
+
+class BertOutput(BertSelfOutput):
+    def __init__(self, config):
+        super().__init__(config, config.intermediate_size)
+
+
+class BertLayer(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        self.attention = BertAttention(config)
+        self.intermediate = BertIntermediate(config)
+        self.output = BertOutput(config)
+
+    def forward(self, hidden_states, attention_bias):
+        attention_output = self.attention(hidden_states, attention_bias)
+        return self.output(self.intermediate(attention_output), attention_output)
+
+
+class BertEncoder(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        self.layer = nn.ModuleList(BertLayer(config) for _ in range(config.num_hidden_layers))
+
+    def forward(self, hidden_states, attention_bias):
+        for layer in self.layer:
+            hidden_states = layer(hidden_states, attention_bias)
+        return hidden_states
+
+
+class BertPooler(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        self.dense = nn.Linear(config.hidden_size, config.hidden_size)
+
+    def forward(self, sequence_output):
+        return torch.tanh(self.dense(sequence_output[:, 0]))
+
+
+def attention_bias_from_mask(attention_mask):
+    """(B, T) 1/0 padding mask -> additive fp32 (B, 1, 1, T) bias for SDPA.
+
+    -10000 (BERT's constant) rather than -inf or a boolean mask: a row whose keys are all
+    padding gets a uniform softmax instead of NaN, and the value survives a cast to
+    fp16/bf16 where finfo(float32).min would become -inf.
+    """
+    if attention_mask is None:
+        return None
+    keep = attention_mask[:, None, None, :].to(torch.bool)
+    return torch.zeros(keep.shape, device=keep.device).masked_fill(~keep, -10000.0)
+
+
+class BertPreTrainedModel(nn.Module):
+    """Weight initialisation shared by every BERT class (normal(0, initializer_range))."""
+
+    def init_weights(self, *modules):
+        for module in modules:
+            module.apply(self._init_module)
+
+    def _init_module(self, module):
+        std = self.config.initializer_range
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(module.weight, mean=0.0, std=std)
+        if isinstance(module, nn.Linear) and module.bias is not None:
+            nn.init.zeros_(module.bias)
+        elif isinstance(module, LayerNorm):
+            nn.init.ones_(module.weight)
+            nn.init.zeros_(module.bias)
+
+
+class BertModel(BertPreTrainedModel):
+    """Embeddings + encoder (+ pooler). forward -> (sequence_output, pooled_output or None).
+
+    Like Hugging Face, question answering builds it without the pooler, which only the
+    next-sentence and classification heads read.
+    """
+
+    def __init__(self, config, add_pooling_layer=True):
+        super().__init__()
+        self.config = config
+        self.embeddings = BertEmbeddings(config)
+        self.encoder = BertEncoder(config)
+        self.pooler = BertPooler(config) if add_pooling_layer else None
+        self.init_weights(self)
+        with torch.no_grad():  # padded vocabulary rows are never looked up
+            self.embeddings.word_embeddings.weight[config.vocab_size:].zero_()
+
+    def forward(self, input_ids, token_type_ids=None, attention_mask=None):
+        if token_type_ids is None:
+            token_type_ids = torch.zeros_like(input_ids)
+        hidden_states = self.embeddings(input_ids, token_type_ids)
+        attention_bias = attention_bias_from_mask(attention_mask)
+        sequence_output = self.encoder(hidden_states, attention_bias)
+        pooled_output = self.pooler(sequence_output) if self.pooler is not None else None
+        return sequence_output, pooled_output
+
+
+# ----------------------------------------------------------------------------- heads
+
+class BertPredictionHeadTransform(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        self.dense = nn.Linear(config.hidden_size, config.hidden_size)
+        self.activation = ACT2FN[config.hidden_act]
+        self.LayerNorm = LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+
+    def forward(self, hidden_states):
+        return self.LayerNorm(self.activation(self.dense(hidden_states)))
+
+
+class BertLMPredictionHead(nn.Module):
+    """Transform, then the vocabulary decoder whose weight is the word-embedding table."""
+
+    def __init__(self, config, word_embeddings):
+        super().__init__()
+        self.vocab_size = config.vocab_size
+        self.transform = BertPredictionHeadTransform(config)
+        self.decoder = nn.Linear(config.hidden_size, config.padded_vocab_size, bias=False)
+        self.decoder.weight = word_embeddings.weight
+        self.bias = nn.Parameter(torch.zeros(config.padded_vocab_size))
+        self.decoder.bias = self.bias  # one tensor under both of Hugging Face's names
+
+    def forward(self, hidden_states):
+        # The matmul keeps the padded (tensor-core friendly) width; the slice hides padding.
+        return self.decoder(self.transform(hidden_states))[..., :self.vocab_size]
+
+
+class BertPreTrainingHeads(nn.Module):
+    def __init__(self, config, word_embeddings):
+        super().__init__()
+        self.predictions = BertLMPredictionHead(config, word_embeddings)
+        self.seq_relationship = nn.Linear(config.hidden_size, 2)
+
+
+def cross_entropy_ignoring_negatives(logits, labels):
+    """Mean cross-entropy over entries whose label is >= 0, so both -1 (NVIDIA) and -100
+    (Hugging Face) mark ignored entries; 0 rather than NaN when nothing is labelled."""
+    labels = labels.reshape(-1)
+    logits = logits.reshape(labels.shape[0], -1)
+    losses = F.cross_entropy(logits.float(), labels.clamp(min=0), reduction="none")
+    counted = labels >= 0
+    return (losses * counted).sum() / counted.sum().clamp(min=1)
+
+
+class BertForPreTraining(BertPreTrainedModel):
+    def __init__(self, config):
+        super().__init__()
+        self.config = config
+        self.bert = BertModel(config)
+        self.cls = BertPreTrainingHeads(config, self.bert.embeddings.word_embeddings)
+        # Not the decoder: its weight is the (already initialised) embedding table.
+        self.init_weights(self.cls.predictions.transform, self.cls.seq_relationship)
+
+    def forward(self, input_ids, token_type_ids=None, attention_mask=None,
+                masked_lm_labels=None, next_sentence_labels=None):
+        """Without labels: (prediction_scores (B, T, vocab), seq_relationship_scores (B, 2)).
+        With masked_lm_labels (token id where masked, negative elsewhere):
+        (total_loss, masked_lm_loss, next_sentence_loss), the NSP term only when
+        next_sentence_labels is given (else next_sentence_loss is None)."""
+        sequence_output, pooled_output = self.bert(input_ids, token_type_ids, attention_mask)
+        seq_relationship_scores = self.cls.seq_relationship(pooled_output)
+        if masked_lm_labels is None:
+            return self.cls.predictions(sequence_output), seq_relationship_scores
+
+        # Decode only the masked positions: the vocabulary projection is the costliest
+        # matmul of the model and ~85% of its rows would be thrown away.
+        masked = masked_lm_labels >= 0
+        prediction_scores = self.cls.predictions(sequence_output[masked])
+        masked_lm_loss = cross_entropy_ignoring_negatives(prediction_scores,
+                                                          masked_lm_labels[masked])
+        if next_sentence_labels is None:
+            return masked_lm_loss, masked_lm_loss, None
+        next_sentence_loss = cross_entropy_ignoring_negatives(seq_relationship_scores,
+                                                              next_sentence_labels)
+        return masked_lm_loss + next_sentence_loss, masked_lm_loss, next_sentence_loss
+
+
+class BertForQuestionAnswering(BertPreTrainedModel):
+    def __init__(self, config):
+        super().__init__()
+        self.config = config
+        self.bert = BertModel(config, add_pooling_layer=False)
+        self.qa_outputs = nn.Linear(config.hidden_size, 2)
+        self.init_weights(self.qa_outputs)
+
+    def forward(self, input_ids, token_type_ids=None, attention_mask=None,
+                start_positions=None, end_positions=None):
+        """-> (start_logits, end_logits), or (loss, start_logits, end_logits) with positions.
+        Positions outside the sequence (answer not in this window) are ignored, as BERT does."""
+        sequence_output, _ = self.bert(input_ids, token_type_ids, attention_mask)
+        start_logits, end_logits = self.qa_outputs(sequence_output).unbind(dim=-1)
+        if start_positions is None or end_positions is None:
+            return start_logits, end_logits
+        seq_len = start_logits.shape[1]
+        loss = (F.cross_entropy(start_logits.float(), start_positions.clamp(0, seq_len),
+                                ignore_index=seq_len)
+                + F.cross_entropy(end_logits.float(), end_positions.clamp(0, seq_len),
+                                  ignore_index=seq_len)) / 2
+        return loss, start_logits, end_logits
+
+
+class BertForSequenceClassification(BertPreTrainedModel):
+    def __init__(self, config, num_labels):
+        super().__init__()
+        self.config = config
+        self.num_labels = num_labels
+        self.bert = BertModel(config)
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+        self.classifier = nn.Linear(config.hidden_size, num_labels)
+        self.init_weights(self.classifier)
+
+    def forward(self, input_ids, token_type_ids=None, attention_mask=None, labels=None):
+        """-> logits (B, num_labels), or (loss, logits) with labels; num_labels == 1 is
+        regression (STS-B) with a mean-squared-error loss."""
+        _, pooled_output = self.bert(input_ids, token_type_ids, attention_mask)
+        logits = self.classifier(self.dropout(pooled_output))
+        if labels is None:
+            return logits
+        if self.num_labels == 1:
+            loss = F.mse_loss(logits.squeeze(-1).float(), labels.float())
+        else:
+            loss = F.cross_entropy(logits.float(), labels)
+        return loss, logits
+
+
+# ----------------------------------------------------------------------------- checkpoints
+
+# Keys a checkpoint may lack or carry without harm: task heads, and the pooler, which
+# Hugging Face's question-answering model does not have.
+OPTIONAL_PREFIXES = ("cls.", "qa_outputs.", "classifier.", "bert.pooler.", "pooler.")
+# Tensors whose first dimension is the (possibly padded) vocabulary.
+VOCAB_ROW_SUFFIXES = ("word_embeddings.weight", "cls.predictions.bias",
+                      "cls.predictions.decoder.weight", "cls.predictions.decoder.bias")
+TIED_KEYS = ("cls.predictions.decoder.weight", "cls.predictions.decoder.bias")
+# A buffer that older Hugging Face checkpoints carry; we compute positions on the fly.
+IGNORED_SUFFIXES = ("embeddings.position_ids",)
+
+
+def atomic_write_text(path, text):
+    """Writes text to path through a temporary file in the same folder and a rename."""
+    path = Path(path)
+    with tempfile.NamedTemporaryFile("w", dir=path.parent, prefix=f".{path.name}.",
+                                     delete=False, encoding="utf-8") as f:
+        f.write(text)
+    os.replace(f.name, path)
+
+
+def read_state_dict(path):
+    """Reads a state dict from a Hugging Face directory, a .safetensors file, or a torch
+    file holding either a bare state dict or a dict with key 'model' (ours, NVIDIA's)."""
+    path = Path(path)
+    if path.is_dir():
+        found = [p for p in (path / "model.safetensors", path / "pytorch_model.bin")
+                 if p.is_file()]
+        if not found:
+            raise FileNotFoundError(f"checkpoint directory {path} holds neither "
+                                    f"model.safetensors nor pytorch_model.bin")
+        path = found[0]
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {path} does not exist")
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+        return load_file(str(path))
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # pickled objects are refused here, by design
+        raise ValueError(f"checkpoint {path} cannot be read as plain tensors "
+                         f"(torch.load with weights_only=True refused it: {e})") from None
+    if isinstance(checkpoint, dict) and isinstance(checkpoint.get("model"), dict):
+        checkpoint = checkpoint["model"]
+    if not isinstance(checkpoint, dict) or not all(
+            isinstance(v, torch.Tensor) for v in checkpoint.values()):
+        raise ValueError(f"checkpoint {path} holds no state dict (expected tensors by name, "
+                         f"or a dict with key 'model')")
+    return checkpoint
+
+
+def normalize_key(key, model_has_bert_prefix):
+    """Maps NVIDIA, DDP, torch.compile and TF-style names to ours (Hugging Face's)."""
+    for prefix in ("module.", "_orig_mod."):
+        while key.startswith(prefix):
+            key = key[len(prefix):]
+    key = key.replace(".dense_act.", ".dense.")
+    if key.endswith(".gamma") or key.endswith(".beta"):
+        key = key.rsplit(".", 1)[0] + (".weight" if key.endswith(".gamma") else ".bias")
+    is_encoder_key = key.split(".")[0] in ("embeddings", "encoder", "pooler")
+    if model_has_bert_prefix and is_encoder_key:
+        key = "bert." + key  # a bare BertModel checkpoint loaded into a task model
+    elif not model_has_bert_prefix and key.startswith("bert."):
+        key = key[len("bert."):]  # a task-model checkpoint loaded into a bare BertModel
+    return key
+
+
+def fit_vocab_rows(key, tensor, expected_rows, vocab_size):
+    """Pads or trims the vocabulary dimension, only ever touching padding rows
+    (NVIDIA pads 30522 to 30528; a checkpoint with fewer real rows is an error)."""
+    rows = tensor.shape[0]
+    if rows == expected_rows:
+        return tensor
+    if rows < vocab_size:
+        raise ValueError(f"checkpoint tensor {key} has {rows} vocabulary rows but the config's "
+                         f"vocab_size is {vocab_size}: was it trained with another vocabulary?")
+    if rows > expected_rows:
+        return tensor[:expected_rows]
+    padding = tensor.new_zeros((expected_rows - rows,) + tuple(tensor.shape[1:]))
+    return torch.cat([tensor, padding])
+
+
+def _checkpoint_tensors_for(model, state_dict):
+    """Renames checkpoint keys to the model's and fits vocabulary rows; drops tied aliases
+    (their original is loaded under its own name) and ignorable buffers."""
+    expected = model.state_dict()
+    has_bert_prefix = not isinstance(model, BertModel)
+    tensors = {}
+    for key, tensor in state_dict.items():
+        key = normalize_key(key, has_bert_prefix)
+        if key in TIED_KEYS or key.endswith(IGNORED_SUFFIXES):
+            continue
+        if key in expected and key.endswith(VOCAB_ROW_SUFFIXES):
+            tensor = fit_vocab_rows(key, tensor, expected[key].shape[0], model.config.vocab_size)
+        tensors[key] = tensor
+    return tensors
+
+
+def load_checkpoint(model, path, strict=True):
+    """Loads a Hugging Face directory, an NVIDIA checkpoint or ours into `model` (any of the
+    four BERT classes). Returns the (missing, unexpected) key lists. A shape mismatch always
+    raises; with strict, so does any missing or unexpected encoder key, while task heads and
+    the pooler may be missing (initialised fresh) or unused, and are reported by name."""
+    tensors = _checkpoint_tensors_for(model, read_state_dict(path))
+    expected = {k: v for k, v in model.state_dict().items() if k not in TIED_KEYS}
+    missing = sorted(k for k in expected if k not in tensors)
+    unexpected = sorted(k for k in tensors if k not in expected)
+    mismatched = [f"{k}: checkpoint {tuple(tensors[k].shape)} vs model {tuple(expected[k].shape)}"
+                  for k in tensors if k in expected and tensors[k].shape != expected[k].shape]
+    if mismatched:
+        raise ValueError(f"checkpoint {path} does not fit the model config:\n  "
+                         + "\n  ".join(mismatched))
+    if strict:
+        bad_missing = [k for k in missing if not k.startswith(OPTIONAL_PREFIXES)]
+        bad_unexpected = [k for k in unexpected if not k.startswith(OPTIONAL_PREFIXES)]
+        if bad_missing or bad_unexpected:
+            raise ValueError(f"checkpoint {path} does not match {type(model).__name__}'s "
+                             f"encoder: missing {bad_missing}, unexpected {bad_unexpected}")
+    model.load_state_dict({k: v for k, v in tensors.items() if k in expected}, strict=False)
+    if missing or unexpected:
+        logger.warning("loaded %s into %s; not in the checkpoint (initialised fresh): %s; "
+                       "in the checkpoint but unused: %s", path, type(model).__name__,
+                       missing or "none", unexpected or "none")
+    return missing, unexpected
+
+
+def export_huggingface(model, vocab_file, output_dir):
+    """Writes a directory that `transformers` loads with from_pretrained: config.json,
+    model.safetensors (padding rows and tied aliases dropped) and vocab.txt. Atomic: the
+    directory appears complete or not at all."""
+    from safetensors.torch import save_file
+    config = model.config
+    state_dict = {}
+    for key, tensor in model.state_dict().items():
+        if key in TIED_KEYS:
+            continue
+        if key.endswith(VOCAB_ROW_SUFFIXES):
+            tensor = tensor[:config.vocab_size]
+        state_dict[key] = tensor.detach().to("cpu").contiguous()
+
+    hf_config = {k: v for k, v in config.to_dict().items() if k != "pad_vocab_to_multiple_of"}
+    hf_config.update(model_type="bert", architectures=[type(model).__name__])
+    if isinstance(model, BertForSequenceClassification):
+        hf_config["num_labels"] = model.num_labels
+        hf_config["id2label"] = {str(i): f"LABEL_{i}" for i in range(model.num_labels)}
+        hf_config["label2id"] = {f"LABEL_{i}": i for i in range(model.num_labels)}
+
+    output_dir = Path(output_dir)
+    output_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=output_dir.parent, prefix=f".{output_dir.name}."))
+    try:
+        save_file(state_dict, str(staging / "model.safetensors"), metadata={"format": "pt"})
+        (staging / "config.json").write_text(json.dumps(hf_config, indent=2) + "\n")
+        shutil.copyfile(vocab_file, staging / "vocab.txt")
+        if output_dir.exists():
+            shutil.rmtree(output_dir)
+        os.replace(staging, output_dir)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return output_dir

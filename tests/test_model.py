@@ -1,0 +1,212 @@
+"""The model against Hugging Face's on identical weights, and its own contracts."""
+
+import json
+
+import pytest
+import torch
+import transformers
+
+from conftest import random_batch, tiny_config
+from model import (BertConfig, BertForPreTraining, BertForQuestionAnswering,
+                   BertForSequenceClassification, BertModel)
+
+torch.manual_seed(0)
+
+
+def hf_twin(ours, hf_class, **kwargs):
+    """The Hugging Face model of the same class, holding exactly our weights."""
+    config = transformers.BertConfig(**{k: v for k, v in ours.config.to_dict().items()
+                                        if k != "pad_vocab_to_multiple_of"}, **kwargs)
+    theirs = hf_class(config).eval()
+    theirs.load_state_dict(ours.state_dict(), strict=True)
+    return theirs
+
+
+def assert_close(ours, theirs, atol=1e-5):
+    torch.testing.assert_close(ours, theirs, atol=atol, rtol=1e-5)
+
+
+# ----------------------------------------------------------------------------- config
+
+def test_config_rejects_heads_that_do_not_divide_hidden_size():
+    with pytest.raises(ValueError, match="hidden_size \\(30\\) must be divisible by "
+                                         "num_attention_heads \\(4\\)"):
+        tiny_config(hidden_size=30)
+
+
+def test_config_rejects_unknown_activation():
+    with pytest.raises(ValueError, match="hidden_act 'gleu' is not one of"):
+        tiny_config(hidden_act="gleu")
+
+
+def test_config_json_round_trip_ignores_hugging_face_extras(tmp_path):
+    path = tmp_path / "config.json"
+    tiny_config().to_json_file(path, extra={"model_type": "bert", "architectures": ["BertModel"]})
+    assert BertConfig.from_json_file(path) == tiny_config()
+
+
+def test_config_file_errors_name_the_file(tmp_path):
+    with pytest.raises(FileNotFoundError, match="nope.json does not exist"):
+        BertConfig.from_json_file(tmp_path / "nope.json")
+    bad = tmp_path / "bad.json"
+    bad.write_text("{not json")
+    with pytest.raises(ValueError, match="bad.json is not valid JSON"):
+        BertConfig.from_json_file(bad)
+    bad.write_text(json.dumps({"num_attention_heads": 5, "hidden_size": 32}))
+    with pytest.raises(ValueError, match="bad.json: .*divisible"):
+        BertConfig.from_json_file(bad)
+
+
+def test_padded_vocab_size_rounds_up_only_when_asked():
+    assert BertConfig(vocab_size=30522).padded_vocab_size == 30522
+    assert BertConfig(vocab_size=30522, pad_vocab_to_multiple_of=8).padded_vocab_size == 30528
+
+
+# ----------------------------------------------------------------------------- parity
+
+def test_bert_model_matches_transformers_with_padding():
+    ours = BertModel(tiny_config()).eval()
+    theirs = hf_twin(ours, transformers.BertModel)
+    input_ids, token_type_ids, attention_mask = random_batch(ours.config)
+    sequence_output, pooled_output = ours(input_ids, token_type_ids, attention_mask)
+    reference = theirs(input_ids=input_ids, token_type_ids=token_type_ids,
+                       attention_mask=attention_mask)
+    assert_close(sequence_output, reference.last_hidden_state)
+    assert_close(pooled_output, reference.pooler_output)
+
+
+def masked_lm_labels_for(input_ids, attention_mask, ignore):
+    labels = torch.full_like(input_ids, ignore)
+    masked = (torch.arange(input_ids.shape[1]) % 3 == 1) & attention_mask.bool()
+    labels[masked] = input_ids[masked]
+    return labels
+
+
+def test_pretraining_logits_and_losses_match_transformers():
+    ours = BertForPreTraining(tiny_config()).eval()
+    theirs = hf_twin(ours, transformers.BertForPreTraining)
+    input_ids, token_type_ids, attention_mask = random_batch(ours.config)
+    next_sentence_labels = torch.tensor([0, 1, 1])
+
+    prediction_scores, seq_relationship_scores = ours(input_ids, token_type_ids, attention_mask)
+    reference = theirs(input_ids=input_ids, token_type_ids=token_type_ids,
+                       attention_mask=attention_mask,
+                       labels=masked_lm_labels_for(input_ids, attention_mask, -100),
+                       next_sentence_label=next_sentence_labels)
+    assert_close(prediction_scores, reference.prediction_logits)
+    assert_close(seq_relationship_scores, reference.seq_relationship_logits)
+
+    total_loss, masked_lm_loss, next_sentence_loss = ours(
+        input_ids, token_type_ids, attention_mask,
+        masked_lm_labels=masked_lm_labels_for(input_ids, attention_mask, -1),
+        next_sentence_labels=next_sentence_labels)
+    assert_close(total_loss, reference.loss)
+    assert_close(next_sentence_loss, torch.nn.functional.cross_entropy(
+        reference.seq_relationship_logits, next_sentence_labels))
+    assert_close(masked_lm_loss + next_sentence_loss, total_loss)
+
+
+def test_question_answering_matches_transformers():
+    ours = BertForQuestionAnswering(tiny_config()).eval()
+    theirs = hf_twin(ours, transformers.BertForQuestionAnswering)
+    input_ids, token_type_ids, attention_mask = random_batch(ours.config)
+    start_positions, end_positions = torch.tensor([1, 2, 30]), torch.tensor([3, 2, 30])
+    loss, start_logits, end_logits = ours(input_ids, token_type_ids, attention_mask,
+                                          start_positions, end_positions)
+    reference = theirs(input_ids=input_ids, token_type_ids=token_type_ids,
+                       attention_mask=attention_mask,
+                       start_positions=start_positions, end_positions=end_positions)
+    assert_close(start_logits, reference.start_logits)
+    assert_close(end_logits, reference.end_logits)
+    assert_close(loss, reference.loss)
+
+
+@pytest.mark.parametrize("num_labels", [3, 1])
+def test_sequence_classification_matches_transformers(num_labels):
+    ours = BertForSequenceClassification(tiny_config(), num_labels=num_labels).eval()
+    theirs = hf_twin(ours, transformers.BertForSequenceClassification, num_labels=num_labels)
+    input_ids, token_type_ids, attention_mask = random_batch(ours.config)
+    labels = torch.tensor([0, 2, 1]) if num_labels > 1 else torch.tensor([0.5, -1.0, 2.0])
+    loss, logits = ours(input_ids, token_type_ids, attention_mask, labels=labels)
+    reference = theirs(input_ids=input_ids, token_type_ids=token_type_ids,
+                       attention_mask=attention_mask, labels=labels)
+    assert_close(logits, reference.logits)
+    assert_close(loss, reference.loss)
+
+
+# ----------------------------------------------------------------------------- contracts
+
+def test_every_parameter_gets_a_gradient_after_one_backward():
+    model = BertForPreTraining(tiny_config())
+    input_ids, token_type_ids, attention_mask = random_batch(model.config)
+    loss, _, _ = model(input_ids, token_type_ids, attention_mask,
+                       masked_lm_labels=masked_lm_labels_for(input_ids, attention_mask, -1),
+                       next_sentence_labels=torch.tensor([0, 1, 0]))
+    loss.backward()
+    without_grad = [n for n, p in model.named_parameters() if p.grad is None]
+    assert without_grad == []
+    assert model.cls.predictions.decoder.weight is model.bert.embeddings.word_embeddings.weight
+
+
+def test_dense_masked_lm_loss_equals_loss_over_all_positions():
+    model = BertForPreTraining(tiny_config()).eval()
+    input_ids, token_type_ids, attention_mask = random_batch(model.config)
+    labels = masked_lm_labels_for(input_ids, attention_mask, -100)
+    prediction_scores, _ = model(input_ids, token_type_ids, attention_mask)
+    expected = torch.nn.functional.cross_entropy(
+        prediction_scores.reshape(-1, model.config.vocab_size), labels.reshape(-1))
+    _, masked_lm_loss, next_sentence_loss = model(input_ids, token_type_ids, attention_mask,
+                                                  masked_lm_labels=labels)
+    assert_close(masked_lm_loss, expected)
+    assert next_sentence_loss is None
+
+
+def test_padded_vocabulary_is_never_exposed():
+    model = BertForPreTraining(tiny_config(pad_vocab_to_multiple_of=8)).eval()
+    assert model.bert.embeddings.word_embeddings.weight.shape[0] == 104
+    assert model.bert.embeddings.word_embeddings.weight[99:].abs().sum() == 0
+    input_ids, token_type_ids, attention_mask = random_batch(model.config)
+    prediction_scores, _ = model(input_ids, token_type_ids, attention_mask)
+    assert prediction_scores.shape[-1] == 99
+
+
+def test_unpadded_and_padded_vocabulary_give_the_same_outputs():
+    plain = BertForPreTraining(tiny_config()).eval()
+    padded = BertForPreTraining(tiny_config(pad_vocab_to_multiple_of=8)).eval()
+    state = plain.state_dict()
+    for key in ("bert.embeddings.word_embeddings.weight", "cls.predictions.bias"):
+        state[key] = torch.cat([state[key], torch.zeros((5,) + state[key].shape[1:])])
+    state["cls.predictions.decoder.weight"] = state["bert.embeddings.word_embeddings.weight"]
+    state["cls.predictions.decoder.bias"] = state["cls.predictions.bias"]
+    padded.load_state_dict(state)
+    batch = random_batch(plain.config)
+    for ours, reference in zip(padded(*batch), plain(*batch)):
+        assert_close(ours, reference)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_fully_padded_rows_give_no_nan(dtype):
+    model = BertForQuestionAnswering(tiny_config()).eval()
+    input_ids, token_type_ids, attention_mask = random_batch(model.config)
+    attention_mask[1] = 0
+    if dtype == torch.float16:
+        model = model.half()  # CPU autocast does not cover fp16 for every op
+        start_logits, end_logits = model(input_ids, token_type_ids, attention_mask)
+    else:
+        with torch.autocast("cpu", dtype=dtype, enabled=dtype != torch.float32):
+            start_logits, end_logits = model(input_ids, token_type_ids, attention_mask)
+    assert torch.isfinite(start_logits).all() and torch.isfinite(end_logits).all()
+
+
+def test_bf16_autocast_stays_close_to_fp32():
+    model = BertModel(tiny_config()).eval()
+    batch = random_batch(model.config)
+    reference, _ = model(*batch)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        low_precision, _ = model(*batch)
+    assert (low_precision.float() - reference).abs().max() < 0.1
+
+
+def test_question_answering_has_no_pooler_like_transformers():
+    keys = BertForQuestionAnswering(tiny_config()).state_dict()
+    assert not any(k.startswith("bert.pooler.") for k in keys)
