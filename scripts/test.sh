@@ -1,0 +1,11 @@
+#!/usr/bin/env bash
+# Sets up .venv (scripts/setup_env.sh) and runs the test suite; extra arguments go to pytest.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup_env.sh
+status=0
+.venv/bin/python -m pytest "$@" || status=$?
+if [ "$status" -eq 5 ]; then  # pytest's "no tests collected"
+  echo "no tests were collected" >&2
+fi
+exit "$status"
