@@ -23,6 +23,7 @@ import json
 import logging
 import math
 import os
+import pickle
 import shutil
 import tempfile
 from dataclasses import asdict, dataclass, fields
@@ -31,6 +32,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from utils import atomic_write_text
 
 try:  # apex's fused kernel when present; same parameter names as nn.LayerNorm
     from apex.normalization import FusedLayerNorm as LayerNorm
@@ -440,15 +443,6 @@ TIED_KEYS = ("cls.predictions.decoder.weight", "cls.predictions.decoder.bias")
 IGNORED_SUFFIXES = ("embeddings.position_ids",)
 
 
-def atomic_write_text(path, text):
-    """Writes text to path through a temporary file in the same folder and a rename."""
-    path = Path(path)
-    with tempfile.NamedTemporaryFile("w", dir=path.parent, prefix=f".{path.name}.",
-                                     delete=False, encoding="utf-8") as f:
-        f.write(text)
-    os.replace(f.name, path)
-
-
 def read_state_dict(path):
     """Reads a state dict from a Hugging Face directory, a .safetensors file, or a torch
     file holding either a bare state dict or a dict with key 'model' (ours, NVIDIA's)."""
@@ -467,7 +461,7 @@ def read_state_dict(path):
         return load_file(str(path))
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # pickled objects are refused here, by design
+    except (pickle.UnpicklingError, RuntimeError, EOFError) as e:  # pickled code refused
         raise ValueError(f"checkpoint {path} cannot be read as plain tensors "
                          f"(torch.load with weights_only=True refused it: {e})") from None
     if isinstance(checkpoint, dict) and isinstance(checkpoint.get("model"), dict):
@@ -485,7 +479,7 @@ def normalize_key(key, model_has_bert_prefix):
         while key.startswith(prefix):
             key = key[len(prefix):]
     key = key.replace(".dense_act.", ".dense.")
-    if key.endswith(".gamma") or key.endswith(".beta"):
+    if key.endswith((".gamma", ".beta")):
         key = key.rsplit(".", 1)[0] + (".weight" if key.endswith(".gamma") else ".bias")
     is_encoder_key = key.split(".")[0] in ("embeddings", "encoder", "pooler")
     if model_has_bert_prefix and is_encoder_key:

@@ -1,0 +1,512 @@
+"""Turns text into BERT pre-training instances (next-sentence pairs, static masking) in HDF5.
+
+Input: text files (paths, globs or directories of *.txt) with one sentence per line and a
+blank line between documents. Output: HDF5 with NVIDIA's schema (input_ids, input_mask,
+segment_ids [N, max_seq_length]; masked_lm_positions, masked_lm_ids [N, max_predictions];
+next_sentence_labels [N]), gzip-compressed, readable by run_pretraining.py and NVIDIA's loader.
+
+    python create_pretraining_data.py --input_file corpus/ --output_file out/wiki.hdf5 \\
+        --vocab_file vocab.txt --max_seq_length 128 --max_predictions_per_seq 20
+
+Scale: the corpus is streamed in shards of about --shard_size_mb of text (documents are never
+split); each shard is tokenised, paired, masked and written by one worker process. A single
+input no larger than one shard is written to --output_file itself; otherwise shard i goes to
+<output stem>_<i:05d>.hdf5 beside it. Every shard is written to a temporary name and renamed
+when complete. Shard i is a function of (its text, --random_seed, i) only, so the output is
+byte-identical whatever --num_workers is.
+
+Deliberate deviations from Google's/NVIDIA's script:
+- Documents are shuffled and random next segments drawn within a shard rather than within
+  one input file (NVIDIA feeds one shard file per call, which is the same thing at scale).
+- The shorter target length (--short_seq_prob) is drawn for every pair, not once per
+  document: with long documents (books) Google's draw makes whole documents short-only.
+- Per-instance work is vectorised with numpy: truncation draws the number of tokens cut
+  from the front with one binomial draw instead of a coin per token (same distribution),
+  and masked positions are chosen by sorting random keys (a uniform choice, as a shuffle).
+- Whole-word masking (--whole_word_masking) stops at the first word that would exceed the
+  prediction budget, where Google's code skips it and tries later (shorter) words.
+- --do_lower_case can be switched off (--no-do_lower_case); by default it follows
+  --bert_model ("uncased"/"cased" in the name), and is on for unknown names.
+"""
+
+import argparse
+import functools
+import glob
+import logging
+import os
+import random
+import time
+from collections import deque
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from tokenization import FullTokenizer, load_vocab, lower_case_for_model
+from utils import Progress, atomic_path, logger, setup_logging
+
+SPECIAL_TOKENS = ("[CLS]", "[SEP]", "[MASK]")
+MIN_SEQ_LENGTH = 5  # [CLS] a [SEP] b [SEP]
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--input_file", required=True, nargs="+",
+                        help="text files, globs or directories (all *.txt inside)")
+    parser.add_argument("--output_file", required=True,
+                        help="HDF5 output; several shards are named <stem>_<i:05d>.hdf5")
+    parser.add_argument("--vocab_file", required=True, help="WordPiece vocabulary, one token a line")
+    parser.add_argument("--bert_model", default="bert-large-uncased",
+                        help="model name; selects lower-casing when --do_lower_case is not given")
+    parser.add_argument("--do_lower_case", action=argparse.BooleanOptionalAction, default=None,
+                        help="lower-case and strip accents (default: from --bert_model)")
+    parser.add_argument("--max_seq_length", type=int, default=128)
+    parser.add_argument("--max_predictions_per_seq", type=int, default=20,
+                        help="most masked tokens per sequence")
+    parser.add_argument("--masked_lm_prob", type=float, default=0.15)
+    parser.add_argument("--dupe_factor", type=int, default=10,
+                        help="times each document is used, with different masks")
+    parser.add_argument("--short_seq_prob", type=float, default=0.1,
+                        help="probability of a shorter target length (fine-tuning sees short inputs)")
+    parser.add_argument("--random_seed", type=int, default=12345)
+    parser.add_argument("--whole_word_masking", action="store_true",
+                        help="mask all WordPieces of a word together")
+    parser.add_argument("--num_workers", type=int, default=0,
+                        help="worker processes (default: one per CPU core)")
+    parser.add_argument("--shard_size_mb", type=float, default=16.0,
+                        help="text per output shard; bounds each worker's memory")
+    parser.add_argument("--no_fast_tokenizer", action="store_true",
+                        help="use the pure-Python tokenizer even when `tokenizers` is installed")
+    parser.add_argument("--disable_progress_bar", action="store_true")
+    return parser.parse_args(argv)
+
+
+# ----------------------------------------------------------------------------- options
+
+@dataclass(frozen=True)
+class Options:
+    """What a worker needs to turn a shard of text into instances."""
+    vocab_file: str
+    do_lower_case: bool
+    use_fast: bool
+    max_seq_length: int
+    max_predictions_per_seq: int
+    masked_lm_prob: float
+    dupe_factor: int
+    short_seq_prob: float
+    random_seed: int
+    whole_word_masking: bool
+
+
+def validate(args):
+    """Checks arguments and the vocabulary up front; returns the worker Options."""
+    if args.max_seq_length < MIN_SEQ_LENGTH:
+        raise ValueError(f"--max_seq_length {args.max_seq_length} is too small: a pair needs "
+                         f"[CLS] A [SEP] B [SEP], at least {MIN_SEQ_LENGTH} tokens")
+    if args.max_predictions_per_seq < 1:
+        raise ValueError("--max_predictions_per_seq must be at least 1")
+    if not 0.0 < args.masked_lm_prob < 1.0:
+        raise ValueError(f"--masked_lm_prob must be in (0, 1), got {args.masked_lm_prob}")
+    if args.dupe_factor < 1:
+        raise ValueError("--dupe_factor must be at least 1")
+    vocab = load_vocab(args.vocab_file)
+    absent = [token for token in SPECIAL_TOKENS if token not in vocab]
+    if absent:
+        raise ValueError(f"vocabulary {args.vocab_file} lacks the special tokens {absent}")
+    do_lower_case = args.do_lower_case
+    if do_lower_case is None:
+        do_lower_case = lower_case_for_model(args.bert_model) is not False
+    return Options(args.vocab_file, do_lower_case, not args.no_fast_tokenizer,
+                   args.max_seq_length, args.max_predictions_per_seq, args.masked_lm_prob,
+                   args.dupe_factor, args.short_seq_prob, args.random_seed,
+                   args.whole_word_masking)
+
+
+def expand_input_files(patterns):
+    """Paths, globs and directories -> sorted existing files; a clear error for none."""
+    files = []
+    for pattern in patterns:
+        path = Path(pattern)
+        if path.is_dir():
+            found = sorted(path.glob("*.txt"))
+        elif path.is_file():
+            found = [path]
+        else:
+            found = sorted(Path(p) for p in glob.glob(pattern) if Path(p).is_file())
+        if not found:
+            raise FileNotFoundError(f"--input_file {pattern}: no such file, directory with "
+                                    f"*.txt files, or matching glob")
+        files.extend(found)
+    return files
+
+
+# ----------------------------------------------------------------------------- reading
+
+def read_shards(files, shard_bytes):
+    """Streams (text, n_bytes) shards of whole documents, about shard_bytes each; a shard
+    never spans two files, so documents keep their file's boundaries."""
+    for path in files:
+        lines, size = [], 0
+        with open(path, "rb") as f:
+            for line in f:
+                lines.append(line)
+                size += len(line)
+                if size >= shard_bytes and not line.strip():
+                    yield b"".join(lines).decode("utf-8", errors="replace"), size
+                    lines, size = [], 0
+        if lines:
+            yield b"".join(lines).decode("utf-8", errors="replace"), size
+
+
+def tokenize_documents(text, tokenizer):
+    """Text of a shard -> (flat int32 token array, list of documents, each a list of
+    (start, end) sentence spans into it). Empty sentences and documents are dropped."""
+    documents, sentences, current = [], [], []
+    for line in text.split("\n"):
+        line = line.strip()
+        if line:
+            sentences.append(line)
+            current.append(len(sentences) - 1)
+        elif current:
+            documents.append(current)
+            current = []
+    if current:
+        documents.append(current)
+    token_ids = tokenizer.tokenize_to_ids(sentences)
+    lengths = np.fromiter((len(ids) for ids in token_ids), dtype=np.int64, count=len(token_ids))
+    starts = np.concatenate([[0], np.cumsum(lengths)])
+    flat = np.fromiter((i for ids in token_ids for i in ids), dtype=np.int32, count=starts[-1])
+    spanned = [[(int(starts[s]), int(starts[s + 1])) for s in doc if lengths[s]]
+               for doc in documents]
+    return flat, [doc for doc in spanned if doc]
+
+
+# ----------------------------------------------------------------------------- pairing
+
+def create_instances_from_document(documents, document_index, max_num_tokens,
+                                   short_seq_prob, rng):
+    """BERT's pairing for one document, on token spans: yields (a_start, a_end, b_start,
+    b_end, is_random_next) where A and B are contiguous spans of the shard's token array,
+    before truncation."""
+    document = documents[document_index]
+    target_length = draw_target_length(max_num_tokens, short_seq_prob, rng)
+    chunk, chunk_length, i = [], 0, 0
+    while i < len(document):
+        chunk.append(document[i])
+        chunk_length += document[i][1] - document[i][0]
+        if i == len(document) - 1 or chunk_length >= target_length:
+            a_end = randint(rng, 1, len(chunk) - 1) if len(chunk) >= 2 else 1
+            a_span = (chunk[0][0], chunk[a_end - 1][1])
+            if len(chunk) == 1 or rng.random() < 0.5:
+                b_span = random_next_span(documents, document_index,
+                                          target_length - (a_span[1] - a_span[0]), rng)
+                i -= len(chunk) - a_end  # the unused sentences go back for the next pair
+                yield a_span + b_span + (True,)
+            else:
+                yield a_span + (chunk[a_end][0], chunk[-1][1], False)
+            chunk, chunk_length = [], 0
+            target_length = draw_target_length(max_num_tokens, short_seq_prob, rng)
+        i += 1
+
+
+def draw_target_length(max_num_tokens, short_seq_prob, rng):
+    """Mostly fill the sequence, but sometimes aim shorter so that the model also sees the
+    short inputs of fine-tuning. Drawn per pair: Google draws once per document, which turns
+    every pair of an unlucky long document (a whole book) into a short one."""
+    if rng.random() < short_seq_prob:
+        return randint(rng, 2, max_num_tokens)
+    return max_num_tokens
+
+
+def randint(rng, low, high):
+    """rng.randint(low, high) without its argument checking, which dominates the pairing."""
+    return low + int(rng.random() * (high - low + 1))
+
+
+def random_next_span(documents, document_index, target_b_length, rng):
+    """Sentences from a random other document, from a random start, up to the target."""
+    for _ in range(10):  # a one-document shard has no other document to draw
+        random_index = randint(rng, 0, len(documents) - 1)
+        if random_index != document_index:
+            break
+    document = documents[random_index]
+    start = randint(rng, 0, len(document) - 1)
+    end = start
+    while end < len(document):
+        end += 1
+        if document[end - 1][1] - document[start][0] >= target_b_length:
+            break
+    return document[start][0], document[end - 1][1]
+
+
+def truncate_pairs(spans, max_num_tokens, np_rng):
+    """Trims A/B spans (rows of a_start, a_end, b_start, b_end) to max_num_tokens together.
+
+    BERT trims one token at a time from the longer side (B on ties), from the front or back
+    at random (a coin per token, so that neither end is systematically kept). Which side loses
+    how many tokens is fixed by the lengths; the front/back split is one binomial draw.
+    """
+    len_a, len_b = spans[:, 1] - spans[:, 0], spans[:, 3] - spans[:, 2]
+    excess = np.maximum(len_a + len_b - max_num_tokens, 0)
+    # Trimming the longer side first levels the two, then they alternate B, A, B, ...
+    first = np.minimum(np.abs(len_a - len_b), excess)
+    rest = excess - first
+    cut_a = np.where(len_a > len_b, first, 0) + rest // 2
+    cut_b = excess - cut_a
+    for cut, start, end in ((cut_a, 0, 1), (cut_b, 2, 3)):
+        from_front = np_rng.binomial(cut, 0.5)
+        spans[:, start] += from_front
+        spans[:, end] -= cut - from_front
+    return spans
+
+
+# ----------------------------------------------------------------------------- masking
+
+@dataclass
+class Batch:
+    """Instances of one shard as arrays in NVIDIA's HDF5 schema."""
+    input_ids: np.ndarray
+    input_mask: np.ndarray
+    segment_ids: np.ndarray
+    masked_lm_positions: np.ndarray
+    masked_lm_ids: np.ndarray
+    next_sentence_labels: np.ndarray
+
+
+def assemble_pairs(flat, spans, max_seq_length, cls_id, sep_id):
+    """[CLS] A [SEP] B [SEP], zero-padded: (input_ids, input_mask, segment_ids)."""
+    len_a = (spans[:, 1] - spans[:, 0])[:, None]
+    len_b = (spans[:, 3] - spans[:, 2])[:, None]
+    position = np.arange(max_seq_length)[None, :]
+    in_a = (position >= 1) & (position <= len_a)
+    in_b = (position >= len_a + 2) & (position < len_a + 2 + len_b)
+    source = np.where(in_a, spans[:, :1] + position - 1, spans[:, 2:3] + position - len_a - 2)
+    input_ids = np.where(in_a | in_b, flat[np.clip(source, 0, len(flat) - 1)], 0)
+    input_ids[:, 0] = cls_id
+    length = len_a + len_b + 3
+    input_ids[(position == len_a + 1) | (position == length - 1)] = sep_id
+    input_mask = position < length
+    segment_ids = (position >= len_a + 2) & input_mask
+    return input_ids.astype(np.int32), input_mask.astype(np.int8), segment_ids.astype(np.int8)
+
+
+def choose_masked_positions(input_ids, input_mask, options, special_ids, is_subword, np_rng):
+    """Per row, min(max_predictions, max(1, round(length * masked_lm_prob))) positions chosen
+    uniformly among non-special tokens (whole words together if asked); sorted, with a
+    validity mask. Returns (positions [N, P], valid [N, P])."""
+    n, seq = input_ids.shape
+    budget = options.max_predictions_per_seq
+    lengths = input_mask.sum(axis=1)
+    num_to_predict = np.minimum(budget, np.maximum(1, np.rint(lengths * options.masked_lm_prob)))
+    candidate = input_mask.astype(bool) & ~np.isin(input_ids, special_ids)
+    keys = np_rng.random((n, seq))
+    if options.whole_word_masking:
+        # A continuation piece takes its word's key, so a word sorts as one block.
+        starts = candidate & ~(is_subword[input_ids] & np.roll(candidate, 1, axis=1))
+        word_start = np.maximum.accumulate(np.where(starts, np.arange(seq), 0), axis=1)
+        keys = np.take_along_axis(keys, word_start, axis=1)
+    keys[~candidate] = np.inf
+    position = np.broadcast_to(np.arange(seq), keys.shape)
+    order = np.lexsort((position, keys), axis=1)[:, :budget]
+    taken = np.arange(order.shape[1])[None, :] < num_to_predict[:, None]
+    taken &= np.isfinite(np.take_along_axis(keys, order, axis=1))
+    if options.whole_word_masking:
+        taken &= whole_words_only(order, word_start, taken)
+    positions = np.sort(np.where(taken, order, seq), axis=1)
+    valid = positions < seq
+    padded = np.zeros((n, budget), dtype=np.int64)
+    padded[:, :positions.shape[1]] = np.where(valid, positions, 0)
+    valid_padded = np.zeros((n, budget), dtype=bool)
+    valid_padded[:, :valid.shape[1]] = valid
+    return padded, valid_padded
+
+
+def whole_words_only(order, word_start, taken):
+    """Drops a word cut by the budget: a taken piece whose word continues past the last
+    taken piece of its row."""
+    words = np.take_along_axis(word_start, order, axis=1)
+    count = taken.sum(axis=1, keepdims=True)
+    last_word = np.take_along_axis(words, np.maximum(count - 1, 0), axis=1)
+    next_word = np.take_along_axis(words, np.minimum(count, order.shape[1] - 1), axis=1)
+    word_is_cut = (count < order.shape[1]) & (next_word == last_word)
+    return ~(word_is_cut & (words == last_word))
+
+
+def apply_masks(input_ids, positions, valid, options, mask_id, vocab_size, np_rng):
+    """80% [MASK], 10% a random token, 10% unchanged; returns masked_lm_ids (originals)."""
+    rows = np.arange(input_ids.shape[0])[:, None]
+    masked_lm_ids = np.where(valid, input_ids[rows, positions], 0).astype(np.int32)
+    draw = np_rng.random(positions.shape)
+    random_tokens = np_rng.integers(0, vocab_size, positions.shape)
+    replacement = np.where(draw < 0.8, mask_id,
+                           np.where(draw < 0.9, masked_lm_ids, random_tokens))
+    input_ids[rows, positions] = np.where(valid, replacement, input_ids[rows, positions])
+    return masked_lm_ids
+
+
+# ----------------------------------------------------------------------------- shards
+
+@functools.lru_cache(maxsize=1)
+def _tokenizer_for(options):
+    """One tokenizer per worker process, built on first use (not inherited via fork)."""
+    return FullTokenizer(options.vocab_file, options.do_lower_case,
+                         use_fast=None if options.use_fast else False)
+
+
+def create_pairs(text, shard_index, options):
+    """Text of one shard -> (flat tokens, pairs [N, 5] of a_start, a_end, b_start, b_end,
+    is_random_next, shuffled and truncated, the document count, a numpy Generator)."""
+    seed = options.random_seed * 1_000_003 + shard_index
+    rng, np_rng = random.Random(seed), np.random.default_rng(seed)
+    flat, documents = tokenize_documents(text, _tokenizer_for(options))
+    if not documents:
+        return flat, np.zeros((0, 5), dtype=np.int64), 0, np_rng
+    rng.shuffle(documents)
+    max_num_tokens = options.max_seq_length - 3
+    pairs = [pair for _ in range(options.dupe_factor) for index in range(len(documents))
+             for pair in create_instances_from_document(documents, index, max_num_tokens,
+                                                        options.short_seq_prob, rng)]
+    rng.shuffle(pairs)
+    pairs = np.array(pairs, dtype=np.int64)
+    pairs[:, :4] = truncate_pairs(pairs[:, :4], max_num_tokens, np_rng)
+    return flat, pairs, len(documents), np_rng
+
+
+def mask_pairs(flat, pairs, options, vocab, is_subword, np_rng):
+    """Pairs -> a Batch of assembled, masked instances."""
+    input_ids, input_mask, segment_ids = assemble_pairs(
+        flat, pairs[:, :4], options.max_seq_length, vocab["[CLS]"], vocab["[SEP]"])
+    positions, valid = choose_masked_positions(input_ids, input_mask, options,
+                                               [vocab["[CLS]"], vocab["[SEP]"]], is_subword,
+                                               np_rng)
+    masked_lm_ids = apply_masks(input_ids, positions, valid, options, vocab["[MASK]"],
+                                len(vocab), np_rng)
+    return Batch(input_ids, input_mask, segment_ids, positions.astype(np.int32),
+                 masked_lm_ids, pairs[:, 4].astype(np.int8))
+
+
+SCHEMA = {  # NVIDIA's on-disk dtypes
+    "input_ids": "i4", "input_mask": "i1", "segment_ids": "i1",
+    "masked_lm_positions": "i4", "masked_lm_ids": "i4", "next_sentence_labels": "i1",
+}
+BLOCK = 8192  # instances assembled at a time: bounds the [N, max_seq_length] temporaries
+
+
+def write_shard(flat, pairs, options, path, np_rng):
+    """Masks and writes the pairs in blocks, atomically; no timestamps, so equal data gives
+    equal bytes. Returns (tokens, masked tokens)."""
+    vocab = _tokenizer_for(options).vocab
+    is_subword = np.array([token.startswith("##") for token in vocab], dtype=bool)
+    n, tokens, masked = len(pairs), 0, 0
+    widths = {"input_ids": options.max_seq_length, "input_mask": options.max_seq_length,
+              "segment_ids": options.max_seq_length,
+              "masked_lm_positions": options.max_predictions_per_seq,
+              "masked_lm_ids": options.max_predictions_per_seq, "next_sentence_labels": None}
+    with atomic_path(path) as temporary, h5py.File(temporary, "w") as f:
+        datasets = {}
+        for name, dtype in SCHEMA.items():
+            shape = (n,) if widths[name] is None else (n, widths[name])
+            datasets[name] = f.create_dataset(
+                name, shape=shape, dtype=dtype, compression="gzip", compression_opts=4,
+                shuffle=True, track_times=False, chunks=(min(n, 2048),) + shape[1:])
+        for start in range(0, n, BLOCK):
+            batch = mask_pairs(flat, pairs[start:start + BLOCK], options, vocab, is_subword,
+                               np_rng)
+            for name, array in vars(batch).items():
+                datasets[name][start:start + len(array)] = array
+            tokens += int(batch.input_mask.sum())
+            masked += int((batch.masked_lm_positions > 0).sum())
+    return tokens, masked
+
+
+def shard_path(output_file, shard_index, single):
+    output_file = Path(output_file)
+    if single:
+        return output_file
+    return output_file.with_name(
+        f"{output_file.stem}_{shard_index:05d}{output_file.suffix or '.hdf5'}")
+
+
+def process_shard(text, shard_index, options, output_file, single):
+    """Worker entry: creates, writes and summarises one shard."""
+    flat, pairs, documents, np_rng = create_pairs(text, shard_index, options)
+    summary = {"documents": documents, "instances": len(pairs), "tokens": 0, "masked": 0,
+               "path": None}
+    if len(pairs):
+        path = shard_path(output_file, shard_index, single)
+        summary["tokens"], summary["masked"] = write_shard(flat, pairs, options, path, np_rng)
+        summary["path"] = str(path)
+    return summary
+
+
+# ----------------------------------------------------------------------------- main
+
+def _one_thread_per_worker():
+    # The processes already use every core; the tokenizer's own threads would oversubscribe.
+    os.environ["TOKENIZERS_PARALLELISM"] = "false"
+
+
+def run_shards(shards, options, args, single, progress):
+    """Runs process_shard over the stream, at most two shards per worker in flight."""
+    num_workers = args.num_workers or len(os.sched_getaffinity(0))
+    totals = {"documents": 0, "instances": 0, "tokens": 0, "masked": 0, "bytes": 0, "files": []}
+
+    def record(result, size):
+        for key in ("documents", "instances", "tokens", "masked"):
+            totals[key] += result[key]
+        totals["bytes"] += size
+        if result["path"]:
+            totals["files"].append(result["path"])
+        progress.update(size, instances=f"{totals['instances']:,}")
+
+    if num_workers == 1:
+        for index, (text, size) in enumerate(shards):
+            record(process_shard(text, index, options, args.output_file, single), size)
+        return totals
+    with ProcessPoolExecutor(num_workers, initializer=_one_thread_per_worker) as pool:
+        pending = deque()
+        for index, (text, size) in enumerate(shards):
+            pending.append((pool.submit(process_shard, text, index, options,
+                                        args.output_file, single), size))
+            if len(pending) >= 2 * num_workers:
+                future, size = pending.popleft()
+                record(future.result(), size)
+        while pending:
+            future, size = pending.popleft()
+            record(future.result(), size)
+    return totals
+
+
+def summarize(totals, seconds):
+    if totals["instances"] == 0:
+        raise ValueError("the input holds no text: no document produced an instance "
+                         "(expected one sentence per line, a blank line between documents)")
+    megabytes = totals["bytes"] / 1e6
+    logger.info("wrote %d file(s): %s%s", len(totals["files"]), totals["files"][0],
+                " ..." if len(totals["files"]) > 1 else "")
+    logger.info("documents %s, instances %s, tokens %s, masked fraction %.4f, "
+                "%.1f s, %.2f MB of text, %.2f MB/s",
+                f"{totals['documents']:,}", f"{totals['instances']:,}", f"{totals['tokens']:,}",
+                totals["masked"] / totals["tokens"], seconds, megabytes, megabytes / seconds)
+
+
+def main(args):
+    setup_logging()
+    options = validate(args)
+    files = expand_input_files(args.input_file)
+    shard_bytes = int(args.shard_size_mb * 1e6)
+    total_bytes = sum(f.stat().st_size for f in files)
+    single = len(files) == 1 and total_bytes <= shard_bytes
+    start = time.monotonic()
+    with Progress(total_bytes, "creating instances", unit="B",
+                  disable=args.disable_progress_bar) as progress:
+        totals = run_shards(read_shards(files, shard_bytes), options, args, single, progress)
+    summarize(totals, time.monotonic() - start)
+    return totals
+
+
+if __name__ == "__main__":
+    logging.captureWarnings(True)
+    main(parse_args())
