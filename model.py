@@ -20,7 +20,6 @@ Deliberate deviations from NVIDIA's modeling.py:
 """
 
 import json
-import logging
 import math
 import os
 import pickle
@@ -33,14 +32,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from utils import atomic_write_text
+from utils import atomic_write_text, logger
 
 try:  # apex's fused kernel when present; same parameter names as nn.LayerNorm
     from apex.normalization import FusedLayerNorm as LayerNorm
 except ImportError:
     LayerNorm = nn.LayerNorm
-
-logger = logging.getLogger(__name__)
 
 ACT2FN = {
     "gelu": F.gelu,

@@ -1,21 +1,36 @@
-"""Pieces shared by the entry scripts: atomic file writes and progress reporting.
+"""Pieces shared by the entry scripts: distributed set-up, seeding, precision, the metric
+logger, checkpoint files, the pre-emption flag, progress reporting and atomic writes.
 
-(Distributed set-up, precision, logging and checkpoint I/O join this module as the training
-scripts need them; nothing here is copied between scripts.)
+Deliberate deviations from NVIDIA's utils/run scripts:
+- One logger writes dllogger's `DLLL {json}` lines itself when dllogger is not installed
+  (it is not on PyPI); with dllogger installed it is used instead.
+- Ranks come from torchrun (RANK, LOCAL_RANK, WORLD_SIZE) or directly from Slurm
+  (SLURM_PROCID, SLURM_LOCALID, SLURM_NTASKS) when srun starts the processes itself.
+- Checkpoints are written atomically (temporary file, then rename) and hold tensors and
+  plain values only, so they load with torch.load(weights_only=True).
 """
 
 import contextlib
+import datetime
+import json
 import logging
 import os
+import re
+import signal
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
+import torch
+import torch.distributed as dist
 from tqdm import tqdm
 
 logger = logging.getLogger("bert")
 
+
+# ----------------------------------------------------------------------------- files
 
 @contextlib.contextmanager
 def atomic_path(path):
@@ -37,6 +52,258 @@ def atomic_write_text(path, text):
     with atomic_path(path) as temporary:
         temporary.write_text(text, encoding="utf-8")
 
+
+# ----------------------------------------------------------------------------- arguments
+
+def add_common_args(parser):
+    """Flags that every training script has, with one meaning everywhere."""
+    parser.add_argument("--seed", type=int, default=42, help="random seed (rank r uses seed + r)")
+    parser.add_argument("--fp16", "--amp", dest="fp16", action="store_true",
+                        help="mixed precision with fp16 and dynamic loss scaling")
+    parser.add_argument("--bf16", action="store_true", help="mixed precision with bfloat16")
+    parser.add_argument("--loss_scale", type=float, default=0.0,
+                        help="fp16 loss scale: 0 = dynamic from 2**20; S > 0 starts at S and "
+                             "never grows")
+    parser.add_argument("--gradient_accumulation_steps", type=int, default=1,
+                        help="micro-batches per optimizer step")
+    parser.add_argument("--local_rank", type=int, default=int(os.environ.get("LOCAL_RANK", "-1")),
+                        help="set by the launcher; torchrun's LOCAL_RANK is read as well")
+    parser.add_argument("--json-summary", dest="json_summary", default=None,
+                        help="dllogger-format metrics file (default: <output_dir>/dllogger.json)")
+    parser.add_argument("--log_freq", type=int, default=1, help="log every N optimizer steps")
+    parser.add_argument("--disable_progress_bar", action="store_true")
+    parser.add_argument("--no_cuda", action="store_true", help="run on CPU even with a GPU")
+    return parser
+
+
+def check_precision_args(args):
+    if args.fp16 and args.bf16:
+        raise ValueError("choose one of --fp16/--amp and --bf16, not both")
+    if args.gradient_accumulation_steps < 1:
+        raise ValueError("--gradient_accumulation_steps must be at least 1")
+
+
+# ----------------------------------------------------------------------------- distributed
+
+@dataclass
+class Distributed:
+    rank: int
+    local_rank: int
+    world_size: int
+    device: torch.device
+
+    @property
+    def is_main(self):
+        return self.rank == 0
+
+    @property
+    def enabled(self):
+        return self.world_size > 1
+
+
+def _environment_ranks():
+    """(rank, local_rank, world_size) from torchrun's variables, else from Slurm's."""
+    env = os.environ
+    if "RANK" in env and "WORLD_SIZE" in env:
+        return int(env["RANK"]), int(env.get("LOCAL_RANK", 0)), int(env["WORLD_SIZE"])
+    if "SLURM_PROCID" in env and "SLURM_NTASKS" in env and "MASTER_ADDR" in env:
+        return int(env["SLURM_PROCID"]), int(env.get("SLURM_LOCALID", 0)), int(env["SLURM_NTASKS"])
+    return 0, 0, 1
+
+
+def init_distributed(no_cuda=False, timeout_minutes=30):
+    """Joins the process group when launched with several processes (NCCL on GPUs, gloo on
+    CPU) and picks this rank's device. A rank that dies makes the others fail after
+    `timeout_minutes` instead of hanging forever."""
+    rank, local_rank, world_size = _environment_ranks()
+    use_cuda = torch.cuda.is_available() and not no_cuda
+    device = torch.device("cuda", local_rank) if use_cuda else torch.device("cpu")
+    if use_cuda:
+        torch.cuda.set_device(device)
+        torch.backends.cuda.matmul.allow_tf32 = True  # NVIDIA's default on Ampere and later
+        torch.backends.cudnn.allow_tf32 = True
+    if world_size > 1 and not dist.is_initialized():
+        os.environ.setdefault("MASTER_PORT", "29500")
+        dist.init_process_group("nccl" if use_cuda else "gloo", init_method="env://",
+                                rank=rank, world_size=world_size,
+                                timeout=datetime.timedelta(minutes=timeout_minutes))
+    return Distributed(rank, local_rank, world_size, device)
+
+
+def all_reduce_mean(values, distributed):
+    """Mean over ranks of a 1-d float tensor (identity for one process)."""
+    if distributed.enabled:
+        values = values.clone()
+        dist.all_reduce(values)
+        values /= distributed.world_size
+    return values
+
+
+def seed_everything(seed, rank=0):
+    torch.manual_seed(seed + rank)
+
+
+# ----------------------------------------------------------------------------- precision
+
+def autocast(precision, device):
+    """torch.autocast for 'fp16'/'bf16', a no-op context for 'fp32'."""
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    dtype = torch.float16 if precision == "fp16" else torch.bfloat16
+    return torch.autocast(device.type, dtype=dtype)
+
+
+def precision_of(args):
+    return "fp16" if args.fp16 else "bf16" if args.bf16 else "fp32"
+
+
+def make_grad_scaler(precision, device, loss_scale=0.0):
+    """GradScaler for fp16 (dynamic from 2**20 as NVIDIA, or starting at a fixed scale that
+    never grows); disabled, a pass-through, for fp32 and bf16."""
+    if precision != "fp16":
+        return torch.amp.GradScaler(device.type, enabled=False)
+    if loss_scale > 0:
+        return torch.amp.GradScaler(device.type, init_scale=loss_scale, growth_interval=2**30)
+    return torch.amp.GradScaler(device.type, init_scale=2.0**20)
+
+
+# ----------------------------------------------------------------------------- logging
+
+def setup_logging(is_main=True, level=logging.INFO):
+    """Readable lines of the project's logger on stdout; other ranks show warnings only."""
+    if not logger.handlers:
+        handler = logging.StreamHandler(sys.stdout)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s",
+                                               datefmt="%H:%M:%S"))
+        logger.addHandler(handler)
+    logger.setLevel(level if is_main else logging.WARNING)
+
+
+class MetricLogger:
+    """Metrics as dllogger does it: `DLLL {json}` lines in a file, flushed per line, plus a
+    readable line on stdout. Only rank 0 writes."""
+
+    def __init__(self, path, enabled=True):
+        self.enabled = enabled and path is not None
+        self.start = time.time()
+        self.file = None
+        if self.enabled:
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+            self.file = open(path, "a", encoding="utf-8")  # noqa: SIM115 - closed in close()
+
+    def _write(self, kind, step, data):
+        if not self.enabled:
+            return
+        now = time.time()
+        record = {"timestamp": f"{now:.6f}", "datetime": datetime.datetime.now().isoformat(),
+                  "elapsedtime": round(now - self.start, 6), "type": kind, "step": step,
+                  "data": data}
+        self.file.write("DLLL " + json.dumps(record) + "\n")
+        self.file.flush()
+
+    def parameters(self, values):
+        self._write("PARAMETER", "PARAMETER", values)
+
+    def log(self, step, values):
+        """step: a tuple such as (phase, step) or () for the final summary."""
+        self._write("LOG", list(step), values)
+        if self.enabled:
+            where = f"step {'/'.join(map(str, step))}: " if step else "summary: "
+            logger.info(where + ", ".join(f"{k} {_fmt(v)}" for k, v in values.items()))
+
+    def close(self):
+        if self.file is not None:
+            self.file.close()
+
+
+def _fmt(value):
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+# ----------------------------------------------------------------------------- checkpoints
+
+CHECKPOINT_PATTERN = re.compile(r"^ckpt_(\d+)\.pt$")
+
+
+def checkpoint_path(output_dir, step):
+    return Path(output_dir) / f"ckpt_{step}.pt"
+
+
+def list_checkpoints(output_dir):
+    """Checkpoint files in output_dir, newest (highest step) first."""
+    found = []
+    for path in Path(output_dir).glob("ckpt_*.pt"):
+        match = CHECKPOINT_PATTERN.match(path.name)
+        if match:
+            found.append((int(match.group(1)), path))
+    return [path for _, path in sorted(found, reverse=True)]
+
+
+def save_checkpoint(state, path, keep=3):
+    """Writes state atomically, then deletes all but the `keep` newest checkpoints."""
+    with atomic_path(path) as temporary:
+        torch.save(state, temporary)
+    for old in list_checkpoints(Path(path).parent)[keep:]:
+        old.unlink(missing_ok=True)
+
+
+def load_latest_checkpoint(output_dir):
+    """(path, state) of the newest readable checkpoint, or (None, None). A truncated or
+    otherwise unreadable file is skipped with a warning (a crash during a copy, a full disk)."""
+    for path in list_checkpoints(output_dir):
+        try:
+            return path, torch.load(path, map_location="cpu", weights_only=True)
+        except (RuntimeError, EOFError, OSError, ValueError) as e:
+            logger.warning("skipping unreadable checkpoint %s: %s", path, e)
+    return None, None
+
+
+def rng_state():
+    state = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state):
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def gather_rng_states(distributed):
+    """Every rank's RNG state, on every rank (dropout differs per rank, so resume restores
+    each rank's own)."""
+    state = rng_state()
+    if not distributed.enabled:
+        return [state]
+    states = [None] * distributed.world_size
+    dist.all_gather_object(states, state)
+    return states
+
+
+# ----------------------------------------------------------------------------- pre-emption
+
+class PreemptionFlag:
+    """Set by SIGTERM (what Slurm sends before pre-emption or at the time limit) or SIGUSR1;
+    `should_stop` agrees across ranks, so that all of them checkpoint and exit together."""
+
+    def __init__(self, signals=(signal.SIGTERM, signal.SIGUSR1)):
+        self.received = None
+        for signum in signals:
+            signal.signal(signum, self._handle)
+
+    def _handle(self, signum, frame):
+        self.received = signal.Signals(signum).name
+
+    def should_stop(self, distributed):
+        flag = torch.tensor([1.0 if self.received else 0.0], device=distributed.device)
+        if distributed.enabled:
+            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        return bool(flag.item())
+
+
+# ----------------------------------------------------------------------------- progress
 
 class Progress:
     """A tqdm bar on an interactive terminal; otherwise a log line every `log_seconds`.
@@ -74,9 +341,3 @@ class Progress:
 
     def __exit__(self, *exc):
         self.close()
-
-
-def setup_logging(level=logging.INFO):
-    """Readable log lines on stdout for the entry scripts."""
-    logging.basicConfig(level=level, stream=sys.stdout,
-                        format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")

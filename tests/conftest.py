@@ -1,5 +1,6 @@
 """Shared fixtures: tiny random configs, the real-data folder and the MiniLM weights."""
 
+import collections
 import importlib.util
 from pathlib import Path
 
@@ -7,9 +8,29 @@ import pytest
 import torch
 
 from model import BertConfig
+from tokenization import BasicTokenizer
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
+SAMPLE = REPO / "data" / "sample" / "sample_text.txt"
+SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+
+
+def write_vocab(path, text, specials=SPECIALS):
+    """Words seen at least twice, plus every character alone and as a '##' piece, so rare
+    words split into several WordPieces (whole-word masking has something to group)."""
+    words = collections.Counter(BasicTokenizer(do_lower_case=True).tokenize(text))
+    chars = sorted({c for word in words for c in word})
+    tokens = specials + sorted(w for w, n in words.items() if n >= 2 and len(w) > 1)
+    tokens += chars + [f"##{c}" for c in chars]
+    path.write_text("\n".join(tokens) + "\n", encoding="utf-8")
+    return path
+
+
+def sample_documents(count, lines_per_document=60):
+    """The first lines of the first `count` documents of the shipped sample text."""
+    documents = SAMPLE.read_text(encoding="utf-8").split("\n\n")[:count]
+    return "\n\n".join("\n".join(d.split("\n")[:lines_per_document]) for d in documents) + "\n"
 
 
 def tiny_config(**overrides):

@@ -1,6 +1,5 @@
 """create_pretraining_data.py: schema, BERT's masking statistics, determinism, errors."""
 
-import collections
 import hashlib
 
 import h5py
@@ -8,28 +7,7 @@ import numpy as np
 import pytest
 
 import create_pretraining_data as cpd
-from conftest import REPO
-from tokenization import BasicTokenizer
-
-SAMPLE = REPO / "data" / "sample" / "sample_text.txt"
-SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
-
-
-def write_vocab(path, text, specials=SPECIALS):
-    """Words seen at least twice, plus every character alone and as a '##' piece, so rare
-    words split into several WordPieces (whole-word masking has something to group)."""
-    words = collections.Counter(BasicTokenizer(do_lower_case=True).tokenize(text))
-    chars = sorted({c for word in words for c in word})
-    tokens = specials + sorted(w for w, n in words.items() if n >= 2 and len(w) > 1)
-    tokens += chars + [f"##{c}" for c in chars]
-    path.write_text("\n".join(tokens) + "\n", encoding="utf-8")
-    return path
-
-
-def sample_documents(count, lines_per_document=60):
-    documents = SAMPLE.read_text(encoding="utf-8").split("\n\n")[:count]
-    return "\n\n".join("\n".join(d.split("\n")[:lines_per_document]) for d in documents) + "\n"
-
+from conftest import sample_documents, write_vocab
 
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory):

@@ -1,0 +1,314 @@
+"""BERT pre-training (masked LM + next sentence prediction) with LAMB, in two phases.
+
+    torchrun --nproc_per_node=8 run_pretraining.py --input_dir data/phase1 \\
+        --config_file bert_configs/large.json --output_dir results/checkpoints \\
+        --train_batch_size 8192 --gradient_accumulation_steps 128 --learning_rate 6e-3 \\
+        --warmup_proportion 0.2843 --max_steps 7038 --fp16 --allreduce_post_accumulation
+    # phase 2: the same output_dir, --phase2 --resume_from_checkpoint --phase1_end_step 7038
+    #          --max_seq_length 512 --max_predictions_per_seq 80 ...
+
+One process per GPU (torchrun, or srun under Slurm); CPU runs use gloo. Checkpoints
+ckpt_<step>.pt in --output_dir hold the model, optimizer, schedule, loss scaler, RNG states
+and the data position; --resume_from_checkpoint continues exactly where the newest one
+stopped. SIGTERM/SIGUSR1 (Slurm pre-emption) make every rank save one and exit cleanly.
+
+Deliberate deviations from NVIDIA's run_pretraining.py:
+- --train_batch_size is the per-GPU batch of one optimizer step (as NVIDIA's), split into
+  --gradient_accumulation_steps micro-batches; it must divide evenly (as NVIDIA's).
+- Resume with no checkpoint in --output_dir starts from scratch (or --init_checkpoint) with
+  a warning instead of crashing (NVIDIA issue #844); a run without --resume_from_checkpoint
+  refuses an --output_dir that already holds checkpoints.
+- In phase 2, a phase-1 checkpoint found by --resume_from_checkpoint (or --init_checkpoint)
+  gives the weights only: optimizer and schedule start fresh and steps count from
+  --phase1_end_step in file names; a phase-2 checkpoint is resumed fully (NVIDIA's
+  --resume_phase2 is implied).
+- Steps skipped by the fp16 loss scaler (overflow) do not count, as NVIDIA's "dynamic step".
+- --allreduce_post_accumulation_fp16 compresses the gradients to fp16 for the all-reduce
+  (a DDP hook) instead of casting the model to fp16.
+- The model pads its vocabulary to a multiple of --pad_vocab_to_multiple_of (8); exported and
+  fine-tuned models drop the padding rows again.
+"""
+
+import argparse
+import contextlib
+import time
+
+import torch
+from torch.nn.parallel import DistributedDataParallel
+
+import utils
+from model import BertConfig, BertForPreTraining, load_checkpoint
+from optimization import make_lamb, param_groups, poly_warmup_schedule
+from pretraining_data import (
+    Position,
+    PretrainingBatches,
+    find_input_files,
+    lddl_batches,
+)
+from utils import logger
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--input_dir", required=True,
+                        help="folder of .hdf5 shards (create_pretraining_data.py) or LDDL "
+                             ".parquet shards")
+    parser.add_argument("--config_file", required=True, help="BERT config JSON")
+    parser.add_argument("--output_dir", required=True, help="where checkpoints are written")
+    parser.add_argument("--bert_model", default="bert-large-uncased",
+                        help="model name, informational (logged)")
+    parser.add_argument("--vocab_file", default=None, help="vocabulary (LDDL shards need it)")
+    parser.add_argument("--init_checkpoint", default=None,
+                        help="initial weights: ours, NVIDIA's or a Hugging Face directory")
+    parser.add_argument("--max_seq_length", type=int, default=512)
+    parser.add_argument("--max_predictions_per_seq", type=int, default=80,
+                        help="most masked tokens per sequence in the shards")
+    parser.add_argument("--train_batch_size", type=int, default=32,
+                        help="sequences per GPU per optimizer step (all micro-batches)")
+    parser.add_argument("--learning_rate", type=float, default=5e-5, help="peak LAMB lr")
+    parser.add_argument("--max_steps", type=float, default=1000,
+                        help="optimizer steps of this phase (sets the schedule)")
+    parser.add_argument("--warmup_proportion", type=float, default=0.01,
+                        help="share of max_steps with linear warm-up")
+    parser.add_argument("--steps_this_run", type=int, default=-1,
+                        help="stop after this many steps (the schedule still spans max_steps)")
+    parser.add_argument("--allreduce_post_accumulation", action="store_true",
+                        help="all-reduce gradients once per optimizer step, not per micro-batch")
+    parser.add_argument("--allreduce_post_accumulation_fp16", action="store_true",
+                        help="all-reduce gradients in fp16")
+    parser.add_argument("--resume_from_checkpoint", action="store_true",
+                        help="continue from the newest valid checkpoint in --output_dir")
+    parser.add_argument("--num_steps_per_checkpoint", type=int, default=100)
+    parser.add_argument("--skip_checkpoint", action="store_true", help="write no checkpoints")
+    parser.add_argument("--phase2", action="store_true", help="this is phase 2 (seq 512)")
+    parser.add_argument("--phase1_end_step", type=int, default=7038,
+                        help="steps of phase 1; phase-2 checkpoint numbers continue from it")
+    parser.add_argument("--pad_vocab_to_multiple_of", type=int, default=8,
+                        help="round the embedding table up for tensor cores (1 = off)")
+    parser.add_argument("--num_workers", type=int, default=4, help="LDDL loader workers")
+    parser.add_argument("--do_train", action="store_true", help="accepted for compatibility")
+    parser.add_argument("--use_env", action="store_true", help="accepted for compatibility")
+    utils.add_common_args(parser)
+    return parser.parse_args(argv)
+
+
+def check_args(args):
+    utils.check_precision_args(args)
+    if args.train_batch_size % args.gradient_accumulation_steps:
+        raise ValueError(f"--train_batch_size {args.train_batch_size} is not divisible by "
+                         f"--gradient_accumulation_steps {args.gradient_accumulation_steps}")
+    if args.max_steps < 1:
+        raise ValueError(f"--max_steps must be at least 1, got {args.max_steps}")
+
+
+# ----------------------------------------------------------------------------- set-up
+
+def build_model(args, device):
+    config = BertConfig.from_json_file(args.config_file)
+    config.pad_vocab_to_multiple_of = args.pad_vocab_to_multiple_of
+    return BertForPreTraining(config).to(device)
+
+
+def find_start(args):
+    """Decides where training starts. Returns (checkpoint state or None, how): how is
+    'resume' (full state), 'weights' (a phase-1 checkpoint or --init_checkpoint) or 'scratch'."""
+    existing = utils.list_checkpoints(args.output_dir)
+    if not args.resume_from_checkpoint:
+        if existing:
+            raise FileExistsError(f"--output_dir {args.output_dir} already holds checkpoints "
+                                  f"({existing[0].name}, ...): pass --resume_from_checkpoint "
+                                  f"to continue, or choose another directory")
+        return None, "weights" if args.init_checkpoint else "scratch"
+    path, state = utils.load_latest_checkpoint(args.output_dir)
+    if state is None:
+        logger.warning("--resume_from_checkpoint: no checkpoint in %s, starting %s",
+                       args.output_dir, "from --init_checkpoint" if args.init_checkpoint
+                       else "from scratch")
+        return None, "weights" if args.init_checkpoint else "scratch"
+    logger.info("resuming from %s", path)
+    same_phase = state.get("phase2", False) == args.phase2
+    return state, "resume" if same_phase else "weights"
+
+
+def restore(state, how, args, model, optimizer, scheduler, scaler):
+    """Loads what the start decision says; returns (step, data Position)."""
+    if how == "resume":
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        scaler.load_state_dict(state["grad_scaler"])
+        return state["step"], Position(**state["data_position"])
+    if state is not None:  # a phase-1 checkpoint opens phase 2 with fresh optimizer state
+        model.load_state_dict(state["model"])
+    elif how == "weights":
+        load_checkpoint(model, args.init_checkpoint)
+    return 0, Position()
+
+
+def wrap_ddp(model, args, distributed):
+    if not distributed.enabled:
+        return model
+    ddp = DistributedDataParallel(model, device_ids=[distributed.device] if
+                                  distributed.device.type == "cuda" else None)
+    if args.allreduce_post_accumulation_fp16:
+        from torch.distributed.algorithms.ddp_comm_hooks import default_hooks
+        ddp.register_comm_hook(None, default_hooks.fp16_compress_hook)
+    return ddp
+
+
+def make_batches(args, distributed, micro_batch, position):
+    kind, files = find_input_files(args.input_dir)
+    if kind == "parquet":
+        return lddl_batches(args.input_dir, args.vocab_file, micro_batch,
+                            distributed.local_rank, args.seed, position.epoch,
+                            args.num_workers, f"{args.output_dir}/lddl_log")
+    return PretrainingBatches(files, micro_batch, distributed.rank, distributed.world_size,
+                              args.seed, position, args.max_predictions_per_seq)
+
+
+# ----------------------------------------------------------------------------- training
+
+class Trainer:
+    """One optimizer step = gradient_accumulation_steps micro-batches, mixed precision,
+    the loss scaler and LAMB; returns the step's mean losses over ranks, its learning rate,
+    and whether it was applied."""
+
+    def __init__(self, model, optimizer, scheduler, scaler, args, distributed):
+        self.model, self.optimizer, self.scheduler = model, optimizer, scheduler
+        self.scaler, self.args, self.distributed = scaler, args, distributed
+        self.precision = utils.precision_of(args)
+
+    def step(self, batches):
+        accumulation = self.args.gradient_accumulation_steps
+        losses = torch.zeros(3, device=self.distributed.device)
+        for micro_step in range(accumulation):
+            batch = {k: v.to(self.distributed.device, non_blocking=True)
+                     for k, v in next(batches).items()}
+            with self._sync_context(micro_step == accumulation - 1):
+                with utils.autocast(self.precision, self.distributed.device):
+                    total, masked_lm, next_sentence = self.model(**batch)
+                self.scaler.scale(total / accumulation).backward()
+            losses += torch.stack([total, masked_lm, next_sentence]).detach() / accumulation
+        learning_rate = self.optimizer.param_groups[0]["lr"]
+        applied = self._apply_update()
+        return utils.all_reduce_mean(losses, self.distributed), learning_rate, applied
+
+    def _sync_context(self, last_micro_step):
+        """With --allreduce_post_accumulation, DDP reduces only on the last micro-batch."""
+        if self.distributed.enabled and self.args.allreduce_post_accumulation and \
+                not last_micro_step:
+            return self.model.no_sync()
+        return contextlib.nullcontext()
+
+    def _apply_update(self):
+        """Optimizer and schedule step; False when the fp16 scaler skipped it (overflow)."""
+        scale = self.scaler.get_scale() if self.scaler.is_enabled() else None
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
+        if scale is not None and self.scaler.get_scale() < scale:
+            return False
+        self.scheduler.step()
+        return True
+
+
+def checkpoint_state(model, optimizer, scheduler, scaler, step, batches, args, distributed):
+    raw_model = model.module if distributed.enabled else model
+    position = getattr(batches, "position", Position())
+    return {"model": raw_model.state_dict(), "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(), "grad_scaler": scaler.state_dict(),
+            "step": step, "phase2": args.phase2,
+            "data_position": vars(position).copy(),
+            "rng": utils.gather_rng_states(distributed)}
+
+
+def save(state, step, args, distributed):
+    """Rank 0 writes ckpt_<number>.pt, numbered from phase1_end_step in phase 2."""
+    if args.skip_checkpoint or not distributed.is_main:
+        return
+    number = step + (args.phase1_end_step if args.phase2 else 0)
+    utils.save_checkpoint(state, utils.checkpoint_path(args.output_dir, number))
+    logger.info("saved checkpoint %s", utils.checkpoint_path(args.output_dir, number))
+
+
+def train(args, trainer, batches, start_step, metrics, distributed):
+    """The loop: steps until max_steps, steps_this_run or pre-emption; checkpoints."""
+    max_steps = int(args.max_steps)
+    last_step = max_steps if args.steps_this_run < 0 else min(max_steps,
+                                                                start_step + args.steps_this_run)
+    preemption = utils.PreemptionFlag()
+    sequences = args.train_batch_size * distributed.world_size
+    step, skipped, final_loss = start_step, 0, float("nan")
+    window_start, window_steps, started = time.monotonic(), 0, time.monotonic()
+    progress = utils.Progress(last_step - start_step, "pre-training", unit="step",
+                              disable=args.disable_progress_bar or not distributed.is_main)
+    stream = iter(batches)
+    while step < last_step:
+        losses, learning_rate, applied = trainer.step(stream)
+        if not applied:
+            skipped += 1
+            continue
+        step, window_steps = step + 1, window_steps + 1
+        final_loss = losses[0].item()
+        progress.update(1, loss=f"{final_loss:.4f}")
+        if step % args.log_freq == 0 or step == last_step:
+            elapsed = time.monotonic() - window_start
+            metrics.log((int(args.phase2) + 1, step), {
+                "loss": final_loss, "mlm_loss": losses[1].item(), "nsp_loss": losses[2].item(),
+                "learning_rate": learning_rate,
+                "sequences_per_second": sequences * window_steps / elapsed,
+                "skipped_steps": skipped})
+            window_start, window_steps = time.monotonic(), 0
+        stop = preemption.should_stop(distributed)
+        if stop or step == last_step or step % args.num_steps_per_checkpoint == 0:
+            save(checkpoint_state(trainer.model, trainer.optimizer, trainer.scheduler,
+                                  trainer.scaler, step, batches, args, distributed),
+                 step, args, distributed)
+        if stop:
+            logger.warning("received %s: saved step %d, exiting", preemption.received, step)
+            break
+    progress.close()
+    return step, final_loss, time.monotonic() - started
+
+
+def main(args):
+    check_args(args)
+    distributed = utils.init_distributed(args.no_cuda)
+    utils.setup_logging(distributed.is_main)
+    utils.seed_everything(args.seed, distributed.rank)
+    micro_batch = args.train_batch_size // args.gradient_accumulation_steps
+    metrics = utils.MetricLogger(args.json_summary or f"{args.output_dir}/dllogger.json",
+                                 enabled=distributed.is_main)
+    metrics.parameters(vars(args))
+
+    state, how = find_start(args)
+    model = build_model(args, distributed.device)
+    optimizer = make_lamb(param_groups(model, weight_decay=0.01), lr=args.learning_rate)
+    scheduler = poly_warmup_schedule(optimizer, args.warmup_proportion, int(args.max_steps))
+    scaler = utils.make_grad_scaler(utils.precision_of(args), distributed.device, args.loss_scale)
+    start_step, position = restore(state, how, args, model, optimizer, scheduler, scaler)
+    if how == "resume":
+        utils.set_rng_state(state["rng"][distributed.rank % len(state["rng"])])
+    logger.info("start: %s at step %d, %s, %d process(es), micro-batch %d x %d accumulation",
+                how, start_step, utils.precision_of(args), distributed.world_size, micro_batch,
+                args.gradient_accumulation_steps)
+
+    batches = make_batches(args, distributed, micro_batch, position)
+    trainer = Trainer(wrap_ddp(model, args, distributed), optimizer, scheduler, scaler, args,
+                      distributed)
+    model.train()
+    step, final_loss, seconds = train(args, trainer, batches, start_step, metrics, distributed)
+    trained = step - start_step
+    metrics.log((), {"e2e_train_time": seconds, "final_loss": final_loss,
+                     "training_sequences_per_second":
+                         trained * args.train_batch_size * distributed.world_size / seconds
+                         if trained else 0.0})
+    metrics.close()
+    if hasattr(batches, "close"):
+        batches.close()
+    return {"step": step, "final_loss": final_loss}
+
+
+if __name__ == "__main__":
+    main(parse_args())

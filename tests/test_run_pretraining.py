@@ -1,0 +1,260 @@
+"""run_pretraining.py end to end on tiny data: exact resume, phases, processes, errors."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import h5py
+import numpy as np
+import pytest
+import torch
+
+import create_pretraining_data as cpd
+import run_pretraining
+from conftest import REPO, sample_documents, write_vocab
+from pretraining_data import PretrainingBatches, read_shard
+
+SEQ, PREDICTIONS = 48, 8
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory):
+    """Two HDF5 shards of the sample text and the vocabulary they were made with."""
+    folder = tmp_path_factory.mktemp("pretraining")
+    text = sample_documents(6, lines_per_document=40)
+    (folder / "text.txt").write_text(text, encoding="utf-8")
+    vocab = write_vocab(folder / "vocab.txt", text)
+    cpd.main(cpd.parse_args([
+        "--input_file", str(folder / "text.txt"), "--output_file", str(folder / "hdf5/part.hdf5"),
+        "--vocab_file", str(vocab), "--max_seq_length", str(SEQ),
+        "--max_predictions_per_seq", str(PREDICTIONS), "--dupe_factor", "2",
+        "--shard_size_mb", "0.015", "--num_workers", "1", "--disable_progress_bar"]))
+    vocab_size = len(vocab.read_text().split("\n")) - 1
+    config = folder / "config.json"
+    config.write_text(json.dumps({
+        "vocab_size": vocab_size, "hidden_size": 32, "num_hidden_layers": 2,
+        "num_attention_heads": 4, "intermediate_size": 37, "max_position_embeddings": 64}))
+    return folder / "hdf5", config
+
+
+def args_for(input_dir, config, output_dir, *extra):
+    return run_pretraining.parse_args([
+        "--input_dir", str(input_dir), "--config_file", str(config), "--output_dir",
+        str(output_dir), "--max_seq_length", str(SEQ), "--max_predictions_per_seq",
+        str(PREDICTIONS), "--train_batch_size", "8", "--learning_rate", "2e-3",
+        "--warmup_proportion", "0.25", "--max_steps", "8", "--seed", "3",
+        "--disable_progress_bar", *map(str, extra)])
+
+
+def logged_losses(output_dir):
+    """Per-step (step, loss) pairs from the dllogger-format file."""
+    losses = []
+    for line in (output_dir / "dllogger.json").read_text().splitlines():
+        record = json.loads(line.removeprefix("DLLL "))
+        if record["type"] == "LOG" and record["step"]:
+            losses.append((record["step"][1], record["data"]["loss"]))
+    return losses
+
+
+def final_weights(output_dir):
+    newest = max(output_dir.glob("ckpt_*.pt"), key=lambda p: int(p.stem.split("_")[1]))
+    return torch.load(newest, weights_only=True)
+
+
+def test_resume_is_exact(shards, tmp_path):
+    run_pretraining.main(args_for(*shards, tmp_path / "whole"))
+    run_pretraining.main(args_for(*shards, tmp_path / "split", "--steps_this_run", 4))
+    assert sorted(p.name for p in (tmp_path / "split").glob("ckpt_*")) == ["ckpt_4.pt"]
+    run_pretraining.main(args_for(*shards, tmp_path / "split", "--resume_from_checkpoint"))
+
+    whole, split = logged_losses(tmp_path / "whole"), logged_losses(tmp_path / "split")
+    assert [step for step, _ in whole] == list(range(1, 9))
+    assert split == whole
+    assert whole[-1][1] < whole[0][1]
+    expected, resumed = final_weights(tmp_path / "whole"), final_weights(tmp_path / "split")
+    for key, tensor in expected["model"].items():
+        assert torch.equal(resumed["model"][key], tensor), key
+    assert resumed["step"] == expected["step"] == 8
+    assert resumed["data_position"] == expected["data_position"]
+
+
+def test_checkpoints_keep_the_latest_three_and_load_without_pickles(shards, tmp_path):
+    run_pretraining.main(args_for(*shards, tmp_path, "--num_steps_per_checkpoint", 1))
+    assert sorted(p.name for p in tmp_path.glob("ckpt_*")) == ["ckpt_6.pt", "ckpt_7.pt",
+                                                               "ckpt_8.pt"]
+    state = torch.load(tmp_path / "ckpt_8.pt", weights_only=True)
+    assert set(state) >= {"model", "optimizer", "scheduler", "grad_scaler", "step", "rng",
+                          "data_position"}
+
+
+def test_phase2_starts_from_phase1_weights_with_a_fresh_schedule(shards, tmp_path):
+    run_pretraining.main(args_for(*shards, tmp_path))
+    phase1 = torch.load(tmp_path / "ckpt_8.pt", weights_only=True)
+    run_pretraining.main(args_for(*shards, tmp_path, "--phase2", "--resume_from_checkpoint",
+                                  "--phase1_end_step", 8, "--max_steps", 3,
+                                  "--steps_this_run", 2))
+    assert (tmp_path / "ckpt_10.pt").exists()  # numbered after phase 1's 8 steps
+    phase2 = torch.load(tmp_path / "ckpt_10.pt", weights_only=True)
+    assert phase2["phase2"] and phase2["step"] == 2
+    assert phase2["optimizer"]["state"][0]["step"] == 2  # fresh LAMB state
+    assert not torch.equal(phase2["model"]["cls.seq_relationship.weight"],
+                           phase1["model"]["cls.seq_relationship.weight"])
+    run_pretraining.main(args_for(*shards, tmp_path, "--phase2", "--resume_from_checkpoint",
+                                  "--phase1_end_step", 8, "--max_steps", 3))
+    assert torch.load(tmp_path / "ckpt_11.pt", weights_only=True)["step"] == 3
+
+
+def test_output_dir_with_checkpoints_needs_resume(shards, tmp_path):
+    run_pretraining.main(args_for(*shards, tmp_path, "--max_steps", 1))
+    with pytest.raises(FileExistsError, match="already holds checkpoints \\(ckpt_1.pt"):
+        run_pretraining.main(args_for(*shards, tmp_path, "--max_steps", 1))
+
+
+def test_resume_skips_a_truncated_checkpoint(shards, tmp_path, caplog):
+    run_pretraining.main(args_for(*shards, tmp_path, "--steps_this_run", 2,
+                                  "--num_steps_per_checkpoint", 1))
+    (tmp_path / "ckpt_3.pt").write_bytes((tmp_path / "ckpt_2.pt").read_bytes()[:1000])
+    result = run_pretraining.main(args_for(*shards, tmp_path, "--resume_from_checkpoint",
+                                           "--steps_this_run", 1))
+    assert "skipping unreadable checkpoint" in caplog.text
+    assert result["step"] == 3
+
+
+def test_resume_without_checkpoints_starts_from_scratch(shards, tmp_path, caplog):
+    result = run_pretraining.main(args_for(*shards, tmp_path, "--resume_from_checkpoint",
+                                           "--max_steps", 1))
+    assert "no checkpoint in" in caplog.text and result["step"] == 1
+
+
+def test_batch_size_must_divide_into_micro_batches(shards, tmp_path):
+    with pytest.raises(ValueError, match="--train_batch_size 8 is not divisible by "
+                                         "--gradient_accumulation_steps 3"):
+        run_pretraining.main(args_for(*shards, tmp_path, "--gradient_accumulation_steps", 3))
+
+
+def test_gradient_accumulation_equals_the_full_batch(shards, tmp_path):
+    """Micro-batches of 4 twice give the step of one batch of 8 (dropout off)."""
+    config = json.loads(shards[1].read_text())
+    config.update(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    run_pretraining.main(args_for(shards[0], tmp_path / "config.json", tmp_path / "full",
+                                  "--max_steps", 3))
+    run_pretraining.main(args_for(shards[0], tmp_path / "config.json", tmp_path / "accumulated",
+                                  "--max_steps", 3, "--gradient_accumulation_steps", 2))
+    full, accumulated = logged_losses(tmp_path / "full"), logged_losses(tmp_path / "accumulated")
+    # Each micro-batch averages over its own masked tokens, so equal only approximately.
+    np.testing.assert_allclose([l for _, l in accumulated], [l for _, l in full], rtol=2e-3)
+
+
+@pytest.mark.parametrize("precision", ["--bf16", "--fp16"])
+def test_mixed_precision_runs_on_cpu(shards, tmp_path, precision):
+    result = run_pretraining.main(args_for(*shards, tmp_path, precision, "--max_steps", 2))
+    assert result["step"] == 2 and np.isfinite(result["final_loss"])
+
+
+def test_fp16_overflow_skips_the_step(shards, tmp_path):
+    result = run_pretraining.main(args_for(*shards, tmp_path, "--fp16", "--loss_scale", 1e30,
+                                           "--max_steps", 1))
+    lines = (tmp_path / "dllogger.json").read_text()
+    assert result["step"] == 1 and '"skipped_steps": 0' not in lines.splitlines()[1]
+
+
+def test_loader_labels_masked_positions_with_original_ids(shards):
+    path = sorted(shards[0].glob("*.hdf5"))[0]
+    arrays = read_shard(path)
+    batches = PretrainingBatches([path], micro_batch=len(arrays["input_ids"]), rank=0,
+                                 world_size=1, seed=0)
+    batch = next(iter(batches))
+    batches.close()
+    order = np.random.default_rng([0, 0, 0]).permutation(len(arrays["input_ids"]))
+    labels = batch["masked_lm_labels"].numpy()
+    for row, source in enumerate(order[:50]):
+        positions = arrays["masked_lm_positions"][source]
+        valid = positions > 0
+        assert (labels[row][positions[valid]] == arrays["masked_lm_ids"][source][valid]).all()
+        assert (labels[row] >= 0).sum() == valid.sum()
+        assert (batch["input_ids"][row].numpy() == arrays["input_ids"][source]).all()
+
+
+def test_truncated_shard_is_named(shards, tmp_path):
+    source = sorted(shards[0].glob("*.hdf5"))[0]
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "broken.hdf5").write_bytes(source.read_bytes()[:2000])
+    with pytest.raises(ValueError, match="broken.hdf5 cannot be read"):
+        run_pretraining.main(args_for(tmp_path / "data", shards[1], tmp_path / "out"))
+
+
+def test_help_explains_the_arguments():
+    result = subprocess.run([sys.executable, "run_pretraining.py", "--help"], cwd=REPO,
+                            capture_output=True, text=True, check=True)
+    for flag in ("--input_dir", "--allreduce_post_accumulation_fp16", "--phase1_end_step",
+                 "--steps_this_run", "--json-summary", "--bf16", "--amp"):
+        assert flag in result.stdout
+
+
+# ----------------------------------------------------------------------------- processes
+
+def uniform_shard(path, vocab_size, count=64):
+    """Full-length rows with the same number of masked tokens each, so that the mean of
+    per-rank mean losses equals the mean over the combined batch."""
+    rng = np.random.default_rng(0)
+    input_ids = rng.integers(5, vocab_size, (count, SEQ)).astype(np.int32)
+    input_ids[:, 0], input_ids[:, SEQ // 2], input_ids[:, -1] = 2, 3, 3
+    positions = np.sort(rng.permuted(np.tile(np.arange(1, SEQ // 2), (count, 1)), axis=1)
+                        [:, :PREDICTIONS], axis=1).astype(np.int32)
+    with h5py.File(path, "w") as f:
+        f["input_ids"] = input_ids
+        f["input_mask"] = np.ones((count, SEQ), np.int8)
+        f["segment_ids"] = (np.arange(SEQ) > SEQ // 2).astype(np.int8)[None].repeat(count, 0)
+        f["masked_lm_positions"] = positions
+        f["masked_lm_ids"] = np.take_along_axis(input_ids, positions, axis=1)
+        f["next_sentence_labels"] = rng.integers(0, 2, count).astype(np.int8)
+
+
+@pytest.mark.slow
+def test_two_processes_equal_one_process_with_the_combined_batch(shards, tmp_path):
+    config = json.loads(shards[1].read_text())
+    config.update(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    (tmp_path / "data").mkdir()
+    uniform_shard(tmp_path / "data" / "uniform.hdf5", config["vocab_size"])
+    common = ["--input_dir", tmp_path / "data", "--config_file", tmp_path / "config.json",
+              "--max_seq_length", SEQ, "--max_predictions_per_seq", PREDICTIONS,
+              "--learning_rate", "2e-3", "--warmup_proportion", "0.25", "--max_steps", 4,
+              "--disable_progress_bar"]
+    run_pretraining.main(run_pretraining.parse_args(
+        [str(a) for a in common + ["--output_dir", tmp_path / "one", "--train_batch_size", 8]]))
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
+    subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
+                    "--master_port", "29631", "run_pretraining.py",
+                    *map(str, common + ["--output_dir", tmp_path / "two",
+                                        "--train_batch_size", 4])],
+                   cwd=REPO, env=env, check=True, capture_output=True, timeout=300)
+    one, two = logged_losses(tmp_path / "one"), logged_losses(tmp_path / "two")
+    np.testing.assert_allclose([l for _, l in two], [l for _, l in one], rtol=1e-5)
+    for key, tensor in final_weights(tmp_path / "one")["model"].items():
+        torch.testing.assert_close(final_weights(tmp_path / "two")["model"][key], tensor,
+                                   atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.slow
+def test_sigterm_saves_a_checkpoint_and_exits_cleanly(shards, tmp_path):
+    command = [sys.executable, "run_pretraining.py",
+               *map(str, ["--input_dir", shards[0], "--config_file", shards[1], "--output_dir",
+                          tmp_path, "--max_seq_length", SEQ, "--max_predictions_per_seq",
+                          PREDICTIONS, "--train_batch_size", 8, "--max_steps", 100000,
+                          "--num_steps_per_checkpoint", 100000, "--disable_progress_bar"])]
+    process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                               text=True)
+    for line in process.stdout:
+        if "step 1/3:" in line:
+            break
+    process.send_signal(signal.SIGTERM)
+    output = process.communicate(timeout=60)[0]
+    assert process.returncode == 0, output
+    assert "received SIGTERM" in output
+    saved = list(tmp_path.glob("ckpt_*.pt"))
+    assert len(saved) == 1 and int(saved[0].stem.split("_")[1]) >= 3
