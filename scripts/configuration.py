@@ -1,0 +1,28 @@
+"""Prints one job of configurations.yml as KEY=VALUE words for `env`, with its launch line:
+
+    env $(python scripts/configuration.py dgxh100_8gpu_bf16_phase1) sbatch -N1 --ntasks-per-node=8 run.sub
+"""
+
+import argparse
+import sys
+from pathlib import Path
+
+import yaml
+
+CONFIGURATIONS = Path(__file__).resolve().parents[1] / "configurations.yml"
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("job", help="a key of `jobs` in configurations.yml")
+    args = parser.parse_args(argv)
+    jobs = yaml.safe_load(CONFIGURATIONS.read_text())["jobs"]
+    if args.job not in jobs:
+        sys.exit(f"unknown job {args.job!r}; configurations.yml has: {', '.join(sorted(jobs))}")
+    job = jobs[args.job]
+    print(" ".join(f"{key}={value}" for key, value in job["variables"].items()))
+    print(f"# sbatch -N{job['nodes']} --ntasks-per-node={job['gpus']} run.sub", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()

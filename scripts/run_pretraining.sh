@@ -1,0 +1,101 @@
+#!/usr/bin/env bash
+# Two-phase BERT pre-training on one node: phase 1 (seq 128), then phase 2 (seq 512) from
+# phase 1's last checkpoint in the same folder. Defaults are NVIDIA's for 8 GPUs.
+#
+# Positional arguments, in order (default):
+#  1 train_batch_size (8192)            per GPU per optimizer step, phase 1
+#  2 learning_rate (6e-3)               phase 1
+#  3 precision (fp16)                   fp16 | bf16 | tf32 | fp32
+#  4 num_gpus (8)                       processes on this node (1 on a CPU machine)
+#  5 warmup_proportion (0.2843)
+#  6 train_steps (7038)                 phase 1 optimizer steps
+#  7 save_checkpoint_steps (200)
+#  8 resume_training (false)            true: continue from the newest checkpoint
+#  9 create_logfile (true)              tee the output to $RESULTS_DIR/<job_name>.log
+# 10 accumulate_gradients (true)        false: no accumulation (batch = micro-batch)
+# 11 gradient_accumulation_steps (128)
+# 12 seed (42)
+# 13 job_name (bert_lamb_pretraining)
+# 14 allreduce_post_accumulation (true)
+# 15 allreduce_post_accumulation_fp16 (true)
+# 16 train_batch_size_phase2 (4096)
+# 17 learning_rate_phase2 (4e-3)
+# 18 warmup_proportion_phase2 (0.128)
+# 19 train_steps_phase2 (1563)
+# 20 gradient_accumulation_steps_phase2 (512)
+# 21 init_checkpoint (None)             phase-1 starting weights (ours, NVIDIA's or Hugging Face)
+#
+# Environment: DATA_DIR_PHASE1, DATA_DIR_PHASE2 (HDF5 or LDDL Parquet shards), BERT_CONFIG
+# (bert_configs/large.json), VOCAB_FILE (needed for LDDL shards), RESULTS_DIR (results),
+# CHECKPOINTS_DIR ($RESULTS_DIR/checkpoints), SEQ_LENGTH_PHASE1/2 (128/512),
+# MAX_PREDICTIONS_PHASE1/2 (20/80), EXTRA_ARGS (appended to both phases).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+train_batch_size=${1:-8192}
+learning_rate=${2:-6e-3}
+precision=${3:-fp16}
+num_gpus=${4:-8}
+warmup_proportion=${5:-0.2843}
+train_steps=${6:-7038}
+save_checkpoint_steps=${7:-200}
+resume_training=${8:-false}
+create_logfile=${9:-true}
+accumulate_gradients=${10:-true}
+gradient_accumulation_steps=${11:-128}
+seed=${12:-42}
+job_name=${13:-bert_lamb_pretraining}
+allreduce_post_accumulation=${14:-true}
+allreduce_post_accumulation_fp16=${15:-true}
+train_batch_size_phase2=${16:-4096}
+learning_rate_phase2=${17:-4e-3}
+warmup_proportion_phase2=${18:-0.128}
+train_steps_phase2=${19:-1563}
+gradient_accumulation_steps_phase2=${20:-512}
+init_checkpoint=${21:-None}
+
+DATA_DIR_PHASE1=${DATA_DIR_PHASE1:-data/hdf5/phase1}
+DATA_DIR_PHASE2=${DATA_DIR_PHASE2:-data/hdf5/phase2}
+BERT_CONFIG=${BERT_CONFIG:-bert_configs/large.json}
+RESULTS_DIR=${RESULTS_DIR:-results}
+CHECKPOINTS_DIR=${CHECKPOINTS_DIR:-$RESULTS_DIR/checkpoints}
+mkdir -p "$CHECKPOINTS_DIR"
+
+precision_flags=()
+case "$precision" in
+  fp16) precision_flags=(--fp16) ;;
+  bf16) precision_flags=(--bf16) ;;
+  tf32|fp32) ;;
+  *) echo "precision must be fp16, bf16, tf32 or fp32, not '$precision'" >&2; exit 2 ;;
+esac
+[ "$accumulate_gradients" = true ] || { gradient_accumulation_steps=1; gradient_accumulation_steps_phase2=1; }
+common=(--config_file "$BERT_CONFIG" --output_dir "$CHECKPOINTS_DIR" --seed "$seed"
+        --num_steps_per_checkpoint "$save_checkpoint_steps" --bert_model bert-large-uncased
+        --json-summary "$RESULTS_DIR/dllogger.json" --disable_progress_bar "${precision_flags[@]}")
+[ -n "${VOCAB_FILE:-}" ] && common+=(--vocab_file "$VOCAB_FILE")
+[ "$allreduce_post_accumulation" = true ] && common+=(--allreduce_post_accumulation)
+[ "$allreduce_post_accumulation_fp16" = true ] && [ "$precision" = fp16 ] && common+=(--allreduce_post_accumulation_fp16)
+read -r -a extra <<< "${EXTRA_ARGS:-}"
+launch=(python -m torch.distributed.run --standalone --nproc_per_node="$num_gpus" run_pretraining.py)
+
+phase1=("${launch[@]}" --input_dir "$DATA_DIR_PHASE1" "${common[@]}"
+        --max_seq_length "${SEQ_LENGTH_PHASE1:-128}" --max_predictions_per_seq "${MAX_PREDICTIONS_PHASE1:-20}"
+        --train_batch_size "$train_batch_size" --learning_rate "$learning_rate"
+        --warmup_proportion "$warmup_proportion" --max_steps "$train_steps"
+        --gradient_accumulation_steps "$gradient_accumulation_steps" "${extra[@]}")
+[ "$resume_training" = true ] && phase1+=(--resume_from_checkpoint)
+[ "$init_checkpoint" != None ] && phase1+=(--init_checkpoint "$init_checkpoint")
+
+phase2=("${launch[@]}" --input_dir "$DATA_DIR_PHASE2" "${common[@]}" --phase2
+        --resume_from_checkpoint --phase1_end_step "$train_steps"
+        --max_seq_length "${SEQ_LENGTH_PHASE2:-512}" --max_predictions_per_seq "${MAX_PREDICTIONS_PHASE2:-80}"
+        --train_batch_size "$train_batch_size_phase2" --learning_rate "$learning_rate_phase2"
+        --warmup_proportion "$warmup_proportion_phase2" --max_steps "$train_steps_phase2"
+        --gradient_accumulation_steps "$gradient_accumulation_steps_phase2" "${extra[@]}")
+
+log=/dev/null
+[ "$create_logfile" = true ] && log="$RESULTS_DIR/$job_name.log"
+echo "${phase1[*]}" | tee -a "$log"
+"${phase1[@]}" 2>&1 | tee -a "$log"
+echo "${phase2[*]}" | tee -a "$log"
+"${phase2[@]}" 2>&1 | tee -a "$log"

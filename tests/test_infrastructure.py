@@ -1,0 +1,60 @@
+"""Wrappers, Slurm script, configurations and entry points: they parse and explain themselves."""
+
+import re
+import shutil
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from conftest import REPO
+
+SHELL_SCRIPTS = sorted([*REPO.glob("scripts/*.sh"), *REPO.glob("data/*.sh"), REPO / "run.sub",
+                        REPO / ".ci" / "run"])
+ENTRY_SCRIPTS = [p for p in ("create_pretraining_data.py", "run_pretraining.py", "run_squad.py",
+                             "run_glue.py", "inference.py") if (REPO / p).exists()]
+
+
+@pytest.mark.parametrize("script", SHELL_SCRIPTS, ids=lambda p: p.name)
+def test_shell_scripts_parse(script):
+    subprocess.run(["bash", "-n", str(script)], check=True)
+    if shutil.which("shellcheck"):
+        result = subprocess.run(["shellcheck", "--severity=warning", str(script)],
+                                capture_output=True, text=True)
+        assert result.returncode == 0, result.stdout
+
+
+@pytest.mark.parametrize("script", ENTRY_SCRIPTS)
+def test_entry_scripts_explain_their_arguments(script):
+    result = subprocess.run([sys.executable, script, "--help"], cwd=REPO, capture_output=True,
+                            text=True, check=True)
+    assert "usage:" in result.stdout and "--" in result.stdout
+
+
+def test_configurations_parse_and_every_job_splits_its_batch():
+    jobs = yaml.safe_load((REPO / "configurations.yml").read_text())["jobs"]
+    assert len(jobs) >= 24
+    for name, job in jobs.items():
+        variables = job["variables"]
+        assert variables["BATCHSIZE"] % variables["GRADIENT_STEPS"] == 0, name
+        assert variables["PRECISION"] in ("fp16", "bf16", "tf32"), name
+        assert variables["PHASE"] in (1, 2), name
+
+
+def test_pretraining_wrapper_lists_21_positional_arguments():
+    text = (REPO / "scripts" / "run_pretraining.sh").read_text()
+    assert re.findall(r"\$\{(\d+):-", text) == [str(i) for i in range(1, 22)]
+
+
+def test_no_package_shadows_the_triton_library():
+    assert not (REPO / "triton" / "__init__.py").exists()
+
+
+def test_every_torch_load_refuses_pickled_code():
+    for path in REPO.glob("**/*.py"):
+        if ".venv" in path.parts:
+            continue
+        for line in path.read_text().splitlines():
+            if "torch.load(" in line and "def " not in line:
+                assert "weights_only=True" in line, f"{path}: {line.strip()}"
