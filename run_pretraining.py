@@ -191,7 +191,7 @@ class Trainer:
                 self.scaler.scale(total / accumulation).backward()
             losses += torch.stack([total, masked_lm, next_sentence]).detach() / accumulation
         learning_rate = self.optimizer.param_groups[0]["lr"]
-        applied = self._apply_update()
+        applied = utils.optimizer_step(self.optimizer, self.scheduler, self.scaler)
         return utils.all_reduce_mean(losses, self.distributed), learning_rate, applied
 
     def _sync_context(self, last_micro_step):
@@ -200,17 +200,6 @@ class Trainer:
                 not last_micro_step:
             return self.model.no_sync()
         return contextlib.nullcontext()
-
-    def _apply_update(self):
-        """Optimizer and schedule step; False when the fp16 scaler skipped it (overflow)."""
-        scale = self.scaler.get_scale() if self.scaler.is_enabled() else None
-        self.scaler.step(self.optimizer)
-        self.scaler.update()
-        self.optimizer.zero_grad(set_to_none=True)
-        if scale is not None and self.scaler.get_scale() < scale:
-            return False
-        self.scheduler.step()
-        return True
 
 
 def checkpoint_state(model, optimizer, scheduler, scaler, step, batches, args, distributed):

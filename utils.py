@@ -167,6 +167,23 @@ def make_grad_scaler(precision, device, loss_scale=0.0):
     return torch.amp.GradScaler(device.type, init_scale=2.0**20)
 
 
+def optimizer_step(optimizer, scheduler, scaler, model=None, max_grad_norm=0.0):
+    """Unscale, optionally clip the global gradient norm, step, advance the schedule.
+    Returns False when the fp16 scaler skipped the step (inf/NaN gradients); the schedule
+    then stays where it is, as NVIDIA's "dynamic step"."""
+    if max_grad_norm > 0:
+        scaler.unscale_(optimizer)
+        torch.nn.utils.clip_grad_norm_(model.parameters(), max_grad_norm)
+    scale = scaler.get_scale() if scaler.is_enabled() else None
+    scaler.step(optimizer)
+    scaler.update()
+    optimizer.zero_grad(set_to_none=True)
+    if scale is not None and scaler.get_scale() < scale:
+        return False
+    scheduler.step()
+    return True
+
+
 # ----------------------------------------------------------------------------- logging
 
 def setup_logging(is_main=True, level=logging.INFO):
