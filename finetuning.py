@@ -1,0 +1,202 @@
+"""The fine-tuning loop shared by run_squad.py and run_glue.py: flags, model loading,
+AdamW with linear warm-up, mixed precision, gradient accumulation, global gradient clipping,
+DDP, and batched prediction.
+
+Deliberate deviations from NVIDIA's fine-tuning scripts:
+- torch AdamW (bias-corrected) replaces BertAdam/apex FusedAdam (see optimization.py), with
+  the global gradient-norm clip to 1.0 in every precision (NVIDIA's run_glue defines it but
+  never calls it).
+- --train_batch_size is per process per optimizer step and is split into
+  --gradient_accumulation_steps micro-batches (NVIDIA divides it the same way).
+- The fine-tuned model is saved as {'model': state_dict} plus config.json (NVIDIA's format)
+  and can be exported to a Hugging Face directory with --export_huggingface.
+"""
+
+import argparse
+import json
+import math
+import time
+from pathlib import Path
+
+import torch
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import (
+    DataLoader,
+    DistributedSampler,
+    RandomSampler,
+    SequentialSampler,
+)
+
+import utils
+from model import BertConfig, export_huggingface, load_checkpoint
+from optimization import linear_warmup_schedule, make_adamw, param_groups
+from utils import logger
+
+MAX_GRAD_NORM = 1.0
+
+
+def add_finetuning_args(parser, learning_rate, epochs, batch_size):
+    """Model, optimisation and output flags of both fine-tuning scripts."""
+    parser.add_argument("--bert_model", default="bert-large-uncased",
+                        help="model name: informational, and selects lower-casing when "
+                             "--do_lower_case is not given")
+    parser.add_argument("--init_checkpoint", default=None,
+                        help="weights: ours, NVIDIA's, or a Hugging Face directory")
+    parser.add_argument("--config_file", default=None,
+                        help="BERT config JSON (default: config.json in a Hugging Face "
+                             "--init_checkpoint directory)")
+    parser.add_argument("--vocab_file", default=None,
+                        help="WordPiece vocabulary (default: vocab.txt in a Hugging Face "
+                             "--init_checkpoint directory)")
+    parser.add_argument("--do_lower_case", action=argparse.BooleanOptionalAction,
+                        default=None, help="lower-case input (default: from --bert_model)")
+    parser.add_argument("--output_dir", required=True)
+    parser.add_argument("--train_batch_size", type=int, default=batch_size,
+                        help="sequences per process per optimizer step")
+    parser.add_argument("--learning_rate", type=float, default=learning_rate)
+    parser.add_argument("--num_train_epochs", type=float, default=epochs)
+    parser.add_argument("--max_steps", type=float, default=-1.0,
+                        help="> 0: stop after this many optimizer steps (overrides epochs)")
+    parser.add_argument("--warmup_proportion", type=float, default=0.1)
+    parser.add_argument("--skip_checkpoint", action="store_true",
+                        help="do not save the fine-tuned model")
+    parser.add_argument("--export_huggingface", action="store_true",
+                        help="also write a Hugging Face directory to <output_dir>/huggingface")
+    utils.add_common_args(parser)
+
+
+def resolve_model_files(args):
+    """config and vocab default to the files inside a Hugging Face checkpoint directory."""
+    folder = Path(args.init_checkpoint) if args.init_checkpoint else None
+    if args.config_file is None and folder is not None and (folder / "config.json").is_file():
+        args.config_file = str(folder / "config.json")
+    if args.vocab_file is None and folder is not None and (folder / "vocab.txt").is_file():
+        args.vocab_file = str(folder / "vocab.txt")
+    for flag in ("config_file", "vocab_file"):
+        if getattr(args, flag) is None:
+            raise ValueError(f"--{flag} is required (or an --init_checkpoint directory "
+                             f"that holds {'config.json' if flag == 'config_file' else 'vocab.txt'})")
+
+
+def do_lower_case(args):
+    from tokenization import lower_case_for_model
+    if args.do_lower_case is not None:
+        return args.do_lower_case
+    return lower_case_for_model(args.bert_model) is not False
+
+
+def load_model(model_class, args, device, **kwargs):
+    """A task model from the config, with --init_checkpoint's weights if given."""
+    config = BertConfig.from_json_file(args.config_file)
+    model = model_class(config, **kwargs)
+    if args.init_checkpoint:
+        load_checkpoint(model, args.init_checkpoint)
+    return model.to(device)
+
+
+def save_model(model, args):
+    """<output_dir>/pytorch_model.bin ({'model': state_dict}) and config.json, atomically."""
+    if args.skip_checkpoint:
+        return
+    output_dir = Path(args.output_dir)
+    with utils.atomic_path(output_dir / "pytorch_model.bin") as temporary:
+        torch.save({"model": model.state_dict()}, temporary)
+    model.config.to_json_file(output_dir / "config.json")
+    if args.export_huggingface:
+        export_huggingface(model, args.vocab_file, output_dir / "huggingface")
+    logger.info("saved the fine-tuned model to %s", output_dir)
+
+
+# ----------------------------------------------------------------------------- training
+
+def train(model, dataset, args, distributed, metrics):
+    """Fine-tunes `model` on a TensorDataset whose tensors are named by `dataset.names`
+    (the keyword arguments of the model's forward). Returns the training summary."""
+    accumulation = args.gradient_accumulation_steps
+    if args.train_batch_size % accumulation:
+        raise ValueError(f"--train_batch_size {args.train_batch_size} is not divisible by "
+                         f"--gradient_accumulation_steps {accumulation}")
+    micro_batch = args.train_batch_size // accumulation
+    sampler = (DistributedSampler(dataset, seed=args.seed) if distributed.enabled
+               else RandomSampler(dataset, generator=torch.Generator().manual_seed(args.seed)))
+    loader = DataLoader(dataset, sampler=sampler, batch_size=micro_batch, drop_last=False)
+    steps_per_epoch = max(len(loader) // accumulation, 1)
+    total_steps = (int(args.max_steps) if args.max_steps > 0
+                   else math.ceil(steps_per_epoch * args.num_train_epochs))
+
+    optimizer = make_adamw(param_groups(model, weight_decay=0.01), lr=args.learning_rate)
+    scheduler = linear_warmup_schedule(optimizer, args.warmup_proportion, total_steps)
+    precision = utils.precision_of(args)
+    scaler = utils.make_grad_scaler(precision, distributed.device, args.loss_scale)
+    ddp = (DistributedDataParallel(model, device_ids=[distributed.device]
+                                   if distributed.device.type == "cuda" else None)
+           if distributed.enabled else model)
+    logger.info("training: %d examples, %d optimizer steps of %d x %d x %d sequences",
+                len(dataset), total_steps, micro_batch, accumulation, distributed.world_size)
+
+    model.train()
+    step, loss_sum, sequences, started = 0, 0.0, 0, time.monotonic()
+    progress = utils.Progress(total_steps, "fine-tuning", unit="step",
+                              disable=args.disable_progress_bar or not distributed.is_main)
+    epoch = 0
+    while step < total_steps:
+        if distributed.enabled:
+            sampler.set_epoch(epoch)
+        optimizer.zero_grad(set_to_none=True)  # an epoch's unfinished accumulation is dropped
+        for micro_step, tensors in enumerate(loader):
+            batch = {name: t.to(distributed.device) for name, t in zip(dataset.names, tensors)}
+            with utils.autocast(precision, distributed.device):
+                loss = ddp(**batch)[0]
+            scaler.scale(loss / accumulation).backward()
+            loss_sum, sequences = loss_sum + loss.item() / accumulation, sequences + len(tensors[0])
+            if (micro_step + 1) % accumulation:
+                continue
+            learning_rate = scheduler.get_last_lr()[0]
+            utils.optimizer_step(optimizer, scheduler, scaler, model, MAX_GRAD_NORM)
+            step += 1
+            progress.update(1, loss=f"{loss_sum / step:.4f}")
+            if step % args.log_freq == 0:
+                metrics.log(("train", step), {"loss": loss_sum / step,
+                                              "learning_rate": learning_rate})
+            if step >= total_steps:
+                break
+        epoch += 1
+    progress.close()
+    seconds = time.monotonic() - started
+    return {"e2e_train_time": seconds, "final_loss": loss_sum / max(step, 1),
+            "training_sequences_per_second": sequences * distributed.world_size / seconds,
+            "train_steps": step}
+
+
+@torch.no_grad()
+def predict(model, dataset, batch_size, args, device):
+    """Runs the model over a TensorDataset in order; returns the concatenated outputs (each
+    output of the model's forward as one tensor on the CPU) and the inference rate."""
+    model.eval()
+    loader = DataLoader(dataset, sampler=SequentialSampler(dataset), batch_size=batch_size)
+    outputs, started = None, time.monotonic()
+    progress = utils.Progress(len(dataset), "predicting", unit="seq",
+                              disable=args.disable_progress_bar)
+    for tensors in loader:
+        batch = {name: t.to(device) for name, t in zip(dataset.names, tensors)}
+        with utils.autocast(utils.precision_of(args), device):
+            result = model(**batch)
+        result = result if isinstance(result, tuple) else (result,)
+        parts = [r.float().cpu() for r in result]
+        outputs = [[p] for p in parts] if outputs is None else [o + [p] for o, p in
+                                                                 zip(outputs, parts)]
+        progress.update(len(tensors[0]))
+    progress.close()
+    seconds = time.monotonic() - started
+    return [torch.cat(o) for o in outputs], len(dataset) / seconds
+
+
+def named_dataset(tensors):
+    """A TensorDataset that remembers which forward argument each tensor is."""
+    dataset = torch.utils.data.TensorDataset(*tensors.values())
+    dataset.names = list(tensors)
+    return dataset
+
+
+def write_json(path, value):
+    utils.atomic_write_text(path, json.dumps(value, indent=2) + "\n")

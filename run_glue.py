@@ -1,0 +1,122 @@
+"""Fine-tunes and evaluates BERT on a GLUE task (MRPC, SST-2, CoLA, MNLI, QNLI, QQP, RTE,
+STS-B, WNLI).
+
+    python run_glue.py --task_name mrpc --data_dir data/glue/MRPC --do_train --do_eval \\
+        --init_checkpoint results/checkpoints/ckpt_8601.pt --config_file bert_configs/large.json \\
+        --vocab_file vocab.txt --output_dir results/MRPC --bf16
+    torchrun --nproc_per_node=8 run_glue.py ...          # several GPUs
+
+Outputs in --output_dir: eval_results.json (metrics and timings), predictions.json
+({guid: label} for --do_predict on test.tsv, and dev_predictions.json for --do_eval),
+pytorch_model.bin + config.json after training, dllogger.json.
+
+Deliberate deviations from NVIDIA's run_glue.py: see finetuning.py (optimizer, clipping,
+batch sizes) and glue.py (all nine tasks, metrics without sklearn). Evaluation runs on rank 0
+only, as NVIDIA's; --eval_batch_size defaults to 64 rather than 8.
+"""
+
+import argparse
+
+import finetuning
+import glue
+import utils
+from model import BertForSequenceClassification
+from tokenization import FullTokenizer
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--task_name", required=True, type=str.lower,
+                        help=f"one of {', '.join(sorted(glue.PROCESSORS))}")
+    parser.add_argument("--data_dir", required=True, help="folder with the task's TSV files")
+    parser.add_argument("--max_seq_length", type=int, default=128)
+    parser.add_argument("--do_train", action="store_true", help="fine-tune on train.tsv")
+    parser.add_argument("--do_eval", action="store_true", help="score the dev set")
+    parser.add_argument("--do_predict", action="store_true", help="label test.tsv")
+    parser.add_argument("--eval_batch_size", type=int, default=64)
+    finetuning.add_finetuning_args(parser, learning_rate=5e-5, epochs=3.0, batch_size=32)
+    return parser.parse_args(argv)
+
+
+def features(processor, split, args, tokenizer):
+    examples = {"train": processor.get_train_examples, "dev": processor.get_dev_examples,
+                "test": processor.get_test_examples}[split](args.data_dir)
+    tensors = glue.convert_examples_to_features(examples, processor.get_labels(),
+                                                args.max_seq_length, tokenizer,
+                                                processor.output_mode)
+    return examples, tensors
+
+
+def predicted_labels(logits, processor):
+    if processor.output_mode == glue.REGRESSION:
+        return logits.squeeze(-1).numpy()
+    return logits.argmax(dim=-1).numpy()
+
+
+def evaluate(model, processor, args, tokenizer, device):
+    """Dev-set metrics (and the dev predictions) of the task."""
+    examples, tensors = features(processor, "dev", args, tokenizer)
+    labels = tensors.pop("labels").numpy()
+    (logits,), rate = finetuning.predict(model, finetuning.named_dataset(tensors),
+                                         args.eval_batch_size, args, device)
+    predictions = predicted_labels(logits, processor)
+    results = glue.compute_metrics(args.task_name, predictions, labels)
+    results["inference_sequences_per_second"] = rate
+    finetuning.write_json(f"{args.output_dir}/dev_predictions.json",
+                          label_names(examples, predictions, processor))
+    return results
+
+
+def label_names(examples, predictions, processor):
+    if processor.output_mode == glue.REGRESSION:
+        return {e.guid: float(p) for e, p in zip(examples, predictions)}
+    labels = processor.get_labels()
+    return {e.guid: labels[int(p)] for e, p in zip(examples, predictions)}
+
+
+def predict_test(model, processor, args, tokenizer, device):
+    examples, tensors = features(processor, "test", args, tokenizer)
+    tensors.pop("labels")
+    (logits,), _ = finetuning.predict(model, finetuning.named_dataset(tensors),
+                                      args.eval_batch_size, args, device)
+    finetuning.write_json(f"{args.output_dir}/predictions.json",
+                          label_names(examples, predicted_labels(logits, processor), processor))
+
+
+def main(args):
+    if not (args.do_train or args.do_eval or args.do_predict):
+        raise ValueError("nothing to do: pass at least one of --do_train, --do_eval, --do_predict")
+    utils.check_precision_args(args)
+    distributed = utils.init_distributed(args.no_cuda)
+    utils.setup_logging(distributed.is_main)
+    utils.seed_everything(args.seed, distributed.rank)
+    finetuning.resolve_model_files(args)
+    processor = glue.get_processor(args.task_name)
+    tokenizer = FullTokenizer(args.vocab_file, finetuning.do_lower_case(args))
+    metrics = utils.MetricLogger(args.json_summary or f"{args.output_dir}/dllogger.json",
+                                 enabled=distributed.is_main)
+    metrics.parameters(vars(args))
+    model = finetuning.load_model(BertForSequenceClassification, args, distributed.device,
+                                  num_labels=processor.num_labels)
+
+    results = {}
+    if args.do_train:
+        _, tensors = features(processor, "train", args, tokenizer)
+        results.update(finetuning.train(model, finetuning.named_dataset(tensors), args,
+                                        distributed, metrics))
+        if distributed.is_main:
+            finetuning.save_model(model, args)
+    if distributed.is_main and args.do_eval:
+        results.update(evaluate(model, processor, args, tokenizer, distributed.device))
+    if distributed.is_main and args.do_predict:
+        predict_test(model, processor, args, tokenizer, distributed.device)
+    if distributed.is_main:
+        finetuning.write_json(f"{args.output_dir}/eval_results.json", results)
+        metrics.log((), results)
+    metrics.close()
+    return results
+
+
+if __name__ == "__main__":
+    main(parse_args())

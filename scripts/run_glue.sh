@@ -1,0 +1,66 @@
+#!/usr/bin/env bash
+# Fine-tunes and/or evaluates BERT on a GLUE task (run_glue.py).
+#
+# Positional arguments, in order (default):
+#  1 init_checkpoint ($BERT_PREP_WORKING_DIR/checkpoints/bert_uncased.pt)
+#  2 data_dir ($BERT_PREP_WORKING_DIR/download/glue/MRPC)
+#  3 vocab_file ($BERT_PREP_WORKING_DIR/download/google_pretrained_weights/uncased_L-24_H-1024_A-16/vocab.txt)
+#  4 config_file (bert_configs/large.json)
+#  5 out_dir (results/MRPC)
+#  6 task_name (mrpc)
+#  7 num_gpus (8)                   1 on a CPU machine
+#  8 batch_size (16)                per GPU per optimizer step
+#  9 gradient_accumulation_steps (1)
+# 10 learning_rate (2.4e-5)
+# 11 warmup_proportion (0.1)
+# 12 epochs (3)
+# 13 precision (fp16)               fp16 | bf16 | tf32 | fp32
+# 14 seed (2)
+# 15 mode (train eval)              any of: train, eval, prediction
+# 16 max_steps (-1)                 > 0 stops early (benchmarks)
+# Environment: EXTRA_ARGS (appended), e.g. "--max_seq_length 64".
+set -euo pipefail
+cd "$(dirname "$0")/.."
+data=${BERT_PREP_WORKING_DIR:-data}
+
+init_checkpoint=${1:-$data/checkpoints/bert_uncased.pt}
+data_dir=${2:-$data/download/glue/MRPC}
+vocab_file=${3:-$data/download/google_pretrained_weights/uncased_L-24_H-1024_A-16/vocab.txt}
+config_file=${4:-bert_configs/large.json}
+out_dir=${5:-results/MRPC}
+task_name=${6:-mrpc}
+num_gpus=${7:-8}
+batch_size=${8:-16}
+gradient_accumulation_steps=${9:-1}
+learning_rate=${10:-2.4e-5}
+warmup_proportion=${11:-0.1}
+epochs=${12:-3}
+precision=${13:-fp16}
+seed=${14:-2}
+mode=${15:-train eval}
+max_steps=${16:--1}
+
+args=(--task_name "$task_name" --data_dir "$data_dir" --init_checkpoint "$init_checkpoint"
+      --vocab_file "$vocab_file" --config_file "$config_file" --output_dir "$out_dir"
+      --bert_model bert-large-uncased --do_lower_case --max_seq_length 128 --seed "$seed"
+      --train_batch_size "$batch_size" --gradient_accumulation_steps "$gradient_accumulation_steps"
+      --learning_rate "$learning_rate" --warmup_proportion "$warmup_proportion"
+      --num_train_epochs "$epochs" --max_steps "$max_steps" --json-summary "$out_dir/dllogger.json")
+case "$precision" in
+  fp16) args+=(--fp16) ;;
+  bf16) args+=(--bf16) ;;
+  tf32|fp32) ;;
+  *) echo "precision must be fp16, bf16, tf32 or fp32, not '$precision'" >&2; exit 2 ;;
+esac
+[[ "$mode" == *train* ]] && args+=(--do_train)
+[[ "$mode" == *eval* ]] && args+=(--do_eval)
+[[ "$mode" == *prediction* ]] && args+=(--do_predict)
+read -r -a extra <<< "${EXTRA_ARGS:-}"
+args+=("${extra[@]}")
+
+launch=(python)
+# Evaluation alone runs on one process, as the original does.
+[ "$num_gpus" -gt 1 ] && [[ "$mode" == *train* ]] && launch=(python -m torch.distributed.run --standalone --nproc_per_node="$num_gpus")
+mkdir -p "$out_dir"
+echo "${launch[*]} run_glue.py ${args[*]}"
+"${launch[@]}" run_glue.py "${args[@]}" 2>&1 | tee "$out_dir/logfile.txt"

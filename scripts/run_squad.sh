@@ -1,0 +1,59 @@
+#!/usr/bin/env bash
+# Fine-tunes and/or evaluates BERT on SQuAD v1.1 (run_squad.py).
+#
+# Positional arguments, in order (default):
+#  1 init_checkpoint ($BERT_PREP_WORKING_DIR/checkpoints/bert_uncased.pt)
+#  2 epochs (2.0)
+#  3 batch_size (3)                 per GPU
+#  4 learning_rate (3e-5)
+#  5 precision (fp16)               fp16 | bf16 | tf32 | fp32
+#  6 num_gpus (8)                   1 on a CPU machine
+#  7 seed (1)
+#  8 squad_dir ($BERT_PREP_WORKING_DIR/download/squad/v1.1)   train-v1.1.json, dev-v1.1.json
+#  9 vocab_file ($BERT_PREP_WORKING_DIR/download/google_pretrained_weights/uncased_L-24_H-1024_A-16/vocab.txt)
+# 10 out_dir (results/SQuAD)
+# 11 mode (train)                   any of: train, eval (predict + score), prediction
+# 12 config_file (bert_configs/large.json)
+# 13 max_steps (-1)                 > 0 stops early (benchmarks)
+# Environment: EXTRA_ARGS (appended), e.g. "--version_2_with_negative".
+set -euo pipefail
+cd "$(dirname "$0")/.."
+data=${BERT_PREP_WORKING_DIR:-data}
+
+init_checkpoint=${1:-$data/checkpoints/bert_uncased.pt}
+epochs=${2:-2.0}
+batch_size=${3:-3}
+learning_rate=${4:-3e-5}
+precision=${5:-fp16}
+num_gpus=${6:-8}
+seed=${7:-1}
+squad_dir=${8:-$data/download/squad/v1.1}
+vocab_file=${9:-$data/download/google_pretrained_weights/uncased_L-24_H-1024_A-16/vocab.txt}
+out_dir=${10:-results/SQuAD}
+mode=${11:-train}
+config_file=${12:-bert_configs/large.json}
+max_steps=${13:--1}
+
+args=(--init_checkpoint "$init_checkpoint" --vocab_file "$vocab_file" --config_file "$config_file"
+      --bert_model bert-large-uncased --do_lower_case --max_seq_length 384 --doc_stride 128
+      --output_dir "$out_dir" --seed "$seed" --json-summary "$out_dir/dllogger.json")
+case "$precision" in
+  fp16) args+=(--fp16) ;;
+  bf16) args+=(--bf16) ;;
+  tf32|fp32) ;;
+  *) echo "precision must be fp16, bf16, tf32 or fp32, not '$precision'" >&2; exit 2 ;;
+esac
+[[ "$mode" == *train* ]] && args+=(--do_train --train_file "$squad_dir/train-v1.1.json"
+  --train_batch_size "$batch_size" --learning_rate "$learning_rate"
+  --num_train_epochs "$epochs" --max_steps "$max_steps")
+[[ "$mode" == *eval* || "$mode" == *prediction* ]] && args+=(--do_predict
+  --predict_file "$squad_dir/dev-v1.1.json" --predict_batch_size "$batch_size")
+[[ "$mode" == *eval* ]] && args+=(--do_eval)
+read -r -a extra <<< "${EXTRA_ARGS:-}"
+args+=("${extra[@]}")
+
+launch=(python)
+[ "$num_gpus" -gt 1 ] && launch=(python -m torch.distributed.run --standalone --nproc_per_node="$num_gpus")
+mkdir -p "$out_dir"
+echo "${launch[*]} run_squad.py ${args[*]}"
+"${launch[@]}" run_squad.py "${args[@]}" 2>&1 | tee "$out_dir/logfile.txt"
