@@ -1,0 +1,187 @@
+"""Fine-tunes BERT for extractive question answering (SQuAD v1.1 / v2.0), predicts answers
+and scores them as the official evaluation scripts do.
+
+    python run_squad.py --do_train --do_predict --do_eval --train_file train-v1.1.json \\
+        --predict_file dev-v1.1.json --init_checkpoint results/checkpoints/ckpt_8601.pt \\
+        --config_file bert_configs/large.json --vocab_file vocab.txt --do_lower_case \\
+        --output_dir results/SQuAD --bf16
+    python run_squad.py --do_eval --predict_file dev-v1.1.json \\
+        --predictions_file results/SQuAD/predictions.json --output_dir results/SQuAD
+
+Outputs in --output_dir: predictions.json ({id: answer}), nbest_predictions.json,
+null_odds.json (v2.0), pytorch_model.bin + config.json after training, dllogger.json.
+--do_eval prints one JSON line as the official scripts do ({"exact_match": .., "f1": ..}).
+
+Deliberate deviations from NVIDIA's run_squad.py: see finetuning.py (optimizer, clipping)
+and squad.py (reader checks, decoding fixes, in-process evaluation instead of a subprocess
+running evaluate-v1.1.py). Training features are cached as tensors (not a pickle) in
+--cache_dir (default: beside --train_file); prediction runs on rank 0.
+"""
+
+import argparse
+import json
+from pathlib import Path
+
+import torch
+
+import finetuning
+import squad
+import utils
+from model import BertForQuestionAnswering
+from tokenization import FullTokenizer
+from utils import logger
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--train_file", help="SQuAD JSON for training, e.g. train-v1.1.json")
+    parser.add_argument("--predict_file", help="SQuAD JSON to answer, e.g. dev-v1.1.json")
+    parser.add_argument("--do_train", action="store_true")
+    parser.add_argument("--do_predict", action="store_true", help="answer --predict_file")
+    parser.add_argument("--do_eval", action="store_true",
+                        help="score the predictions against --predict_file")
+    parser.add_argument("--predictions_file", default=None,
+                        help="with --do_eval and no --do_predict: score this file, no model")
+    parser.add_argument("--max_seq_length", type=int, default=384)
+    parser.add_argument("--doc_stride", type=int, default=128,
+                        help="tokens between the starts of overlapping context windows")
+    parser.add_argument("--max_query_length", type=int, default=64)
+    parser.add_argument("--predict_batch_size", type=int, default=8)
+    parser.add_argument("--n_best_size", type=int, default=20)
+    parser.add_argument("--max_answer_length", type=int, default=30)
+    parser.add_argument("--version_2_with_negative", action="store_true",
+                        help="SQuAD 2.0: questions may have no answer")
+    parser.add_argument("--null_score_diff_threshold", type=float, default=0.0,
+                        help="v2.0: answer nothing when null minus best score exceeds this")
+    parser.add_argument("--cache_dir", default=None,
+                        help="where training features are cached (default: beside the file)")
+    parser.add_argument("--skip_cache", action="store_true", help="do not write the cache")
+    finetuning.add_finetuning_args(parser, learning_rate=5e-5, epochs=3.0, batch_size=32)
+    return parser.parse_args(argv)
+
+
+def check_modes(args):
+    if not (args.do_train or args.do_predict or args.do_eval):
+        raise ValueError("nothing to do: pass at least one of --do_train, --do_predict, --do_eval")
+    if args.do_train and not args.train_file:
+        raise ValueError("--do_train needs --train_file")
+    if (args.do_predict or args.do_eval) and not args.predict_file:
+        raise ValueError("--do_predict and --do_eval need --predict_file")
+    if args.do_eval and not args.do_predict and not args.predictions_file:
+        raise ValueError("--do_eval without --do_predict needs --predictions_file")
+
+
+# ----------------------------------------------------------------------------- training
+
+def cache_path(args):
+    train_file = Path(args.train_file)
+    folder = Path(args.cache_dir) if args.cache_dir else train_file.parent
+    lower = int(finetuning.do_lower_case(args))
+    return folder / (f"{train_file.name}_{Path(args.bert_model).name}_{args.max_seq_length}_"
+                     f"{args.doc_stride}_{args.max_query_length}_{lower}.features.pt")
+
+
+def training_tensors(args, tokenizer):
+    """Training features as tensors, from the cache when it was made with these settings."""
+    path = cache_path(args)
+    if path.is_file():
+        logger.info("loading cached training features from %s", path)
+        return torch.load(path, weights_only=True)
+    examples = squad.read_squad_examples(args.train_file, is_training=True,
+                                         version_2_with_negative=args.version_2_with_negative)
+    features = squad.convert_examples_to_features(examples, tokenizer, args.max_seq_length,
+                                                  args.doc_stride, args.max_query_length,
+                                                  is_training=True)
+    tensors = squad.features_to_tensors(features, is_training=True)
+    del tensors["feature_index"]
+    if not args.skip_cache:
+        with utils.atomic_path(path) as temporary:
+            torch.save(tensors, temporary)
+    logger.info("%d training questions, %d features", len(examples), len(features))
+    return tensors
+
+
+# ----------------------------------------------------------------------------- prediction
+
+def predict_answers(model, args, tokenizer, device):
+    """Answers every question of --predict_file; returns (predictions, null_odds, rate)."""
+    examples = squad.read_squad_examples(args.predict_file, is_training=False,
+                                         version_2_with_negative=args.version_2_with_negative)
+    features = squad.convert_examples_to_features(examples, tokenizer, args.max_seq_length,
+                                                  args.doc_stride, args.max_query_length,
+                                                  is_training=False)
+    tensors = squad.features_to_tensors(features, is_training=False)
+    del tensors["feature_index"]
+    (start_logits, end_logits), rate = finetuning.predict(
+        model, finetuning.named_dataset(tensors), args.predict_batch_size, args, device,
+        per_token=True)
+    results = [squad.RawResult(f.unique_id, s.tolist(), e.tolist())
+               for f, s, e in zip(features, start_logits, end_logits)]
+    predictions, nbest, null_odds = squad.get_answers(
+        examples, features, results, args.n_best_size, args.max_answer_length,
+        finetuning.do_lower_case(args), args.version_2_with_negative,
+        args.null_score_diff_threshold)
+    output_dir = Path(args.output_dir)
+    finetuning.write_json(output_dir / "predictions.json", predictions)
+    finetuning.write_json(output_dir / "nbest_predictions.json", nbest)
+    if args.version_2_with_negative:
+        finetuning.write_json(output_dir / "null_odds.json", null_odds)
+    return predictions, null_odds, rate
+
+
+def score(args, predictions, null_odds):
+    """The official scripts' metrics, printed as their one JSON line."""
+    metrics = squad.evaluate(squad.load_squad_json(args.predict_file), predictions, null_odds,
+                             version_2=args.version_2_with_negative)
+    print(json.dumps(metrics))
+    return metrics
+
+
+def score_predictions_file(args):
+    """--do_eval --predictions_file: no model, just the scores of an existing file."""
+    try:
+        predictions = json.loads(Path(args.predictions_file).read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as e:
+        raise ValueError(f"--predictions_file {args.predictions_file}: {e}") from None
+    null_odds = None
+    odds_file = Path(args.predictions_file).with_name("null_odds.json")
+    if args.version_2_with_negative and odds_file.is_file():
+        null_odds = json.loads(odds_file.read_text(encoding="utf-8"))
+    return score(args, predictions, null_odds)
+
+
+def main(args):
+    check_modes(args)
+    if args.do_eval and not args.do_predict:
+        return score_predictions_file(args)
+    utils.check_precision_args(args)
+    distributed = utils.init_distributed(args.no_cuda)
+    utils.setup_logging(distributed.is_main)
+    utils.seed_everything(args.seed, distributed.rank)
+    finetuning.resolve_model_files(args)
+    tokenizer = FullTokenizer(args.vocab_file, finetuning.do_lower_case(args))
+    metrics = utils.MetricLogger(args.json_summary or f"{args.output_dir}/dllogger.json",
+                                 enabled=distributed.is_main)
+    metrics.parameters(vars(args))
+    model = finetuning.load_model(BertForQuestionAnswering, args, distributed.device)
+
+    results = {}
+    if args.do_train:
+        dataset = finetuning.named_dataset(training_tensors(args, tokenizer))
+        results.update(finetuning.train(model, dataset, args, distributed, metrics))
+        if distributed.is_main:
+            finetuning.save_model(model, args)
+    if args.do_predict and distributed.is_main:
+        predictions, null_odds, rate = predict_answers(model, args, tokenizer,
+                                                       distributed.device)
+        results["inference_sequences_per_second"] = rate
+        if args.do_eval:
+            results.update(score(args, predictions, null_odds))
+    metrics.log((), results)
+    metrics.close()
+    return results
+
+
+if __name__ == "__main__":
+    main(parse_args())
