@@ -1,0 +1,54 @@
+#!/usr/bin/env bash
+# Downloads and prepares every data set of the recipe, from nothing.
+#   bash data/create_datasets_from_start.sh [flow]
+# Arguments:
+#   1. flow: lddl (default) | hdf5
+#      lddl: Google's weights and vocabularies, SQuAD, MRPC, SST-2, then Wikipedia through
+#            LDDL's download_wikipedia; the Parquet shards are made later by LDDL's
+#            preprocess_bert_pretrain (scripts/run_pretraining.sh when they are missing).
+#      hdf5: the same downloads (the Wikipedia dump directly when LDDL is absent), then
+#            text formatting, sharding, and HDF5 files for phase 1 (seq 128, 20 predictions)
+#            and phase 2 (seq 512, 80 predictions) with create_pretraining_data.py.
+# Environment: BERT_PREP_WORKING_DIR (default: data/ in the repo), PYTHON (default python3).
+# Every download fails within seconds when the network is unreachable, saying where to put
+# the file by hand; run the script again afterwards and present files are not fetched again.
+set -euo pipefail
+
+FLOW=${1:-lddl}
+REPO=$(cd "$(dirname "$0")/.." && pwd)
+export BERT_PREP_WORKING_DIR=${BERT_PREP_WORKING_DIR:-$REPO/data}
+PYTHON=${PYTHON:-python3}
+PREP=("$PYTHON" "$REPO/data/bertPrep.py")
+
+if [[ $FLOW != lddl && $FLOW != hdf5 ]]; then
+  echo "usage: $0 [lddl|hdf5]  (got '$FLOW')" >&2
+  exit 2
+fi
+echo "preparing data ($FLOW flow) in $BERT_PREP_WORKING_DIR"
+
+if ! command -v download_wikipedia > /dev/null; then
+  cat >&2 << 'EOF'
+note: LDDL is not installed. `pip install --no-deps lddl==0.1.0 pyarrow` gives the Parquet
+loader that run_pretraining.py uses; LDDL's downloader also needs `pip install wikiextractor`,
+and its preprocessing (preprocess_bert_pretrain, balance_dask_output) needs its full install
+with dask, dask-mpi and an MPI library. Continuing with the steps that need none of it.
+EOF
+fi
+
+for dataset in google_pretrained_weights squad mrpc sst-2 wikicorpus_en; do
+  "${PREP[@]}" --action download --dataset "$dataset"
+done
+
+if [[ $FLOW == lddl ]]; then
+  if ! command -v preprocess_bert_pretrain > /dev/null; then
+    echo "Wikipedia is downloaded; making Parquet shards needs LDDL's full install (above)." >&2
+  fi
+  exit 0
+fi
+
+"${PREP[@]}" --action text_formatting --dataset wikicorpus_en
+"${PREP[@]}" --action sharding --dataset wikicorpus_en
+"${PREP[@]}" --action create_hdf5_files --dataset wikicorpus_en \
+  --max_seq_length 128 --max_predictions_per_seq 20
+"${PREP[@]}" --action create_hdf5_files --dataset wikicorpus_en \
+  --max_seq_length 512 --max_predictions_per_seq 80

@@ -1,0 +1,229 @@
+"""Downloads that fail fast and say what to do, and archive extraction that stays inside
+its folder.
+
+    fetch(url, path, md5="...")          # atomic; skipped when `path` is already there
+    extract_archive(archive, target)     # .zip, .tar[.gz|.bz2|.xz], .tgz, single-file .bz2
+
+A download that cannot connect within `connect_timeout` seconds, or whose server stops
+sending for `read_timeout` seconds, raises DownloadError at once (no retries): the message
+names the URL, the reason, and the path where a file fetched by other means should be put.
+A file already at that path is used as it is (after the checksum, when one is known), so
+placing the files by hand and running the step again completes it offline.
+"""
+
+import bz2
+import hashlib
+import os
+import re
+import shutil
+import stat
+import tarfile
+import zipfile
+from pathlib import Path, PurePosixPath
+
+import requests
+
+from utils import Progress, atomic_path, logger
+
+CHUNK_BYTES = 1 << 20
+
+
+class DownloadError(RuntimeError):
+    """A file could not be fetched or failed its checksum; the message says what to do."""
+
+
+class UnsafeArchiveError(ValueError):
+    """An archive member would be written outside the target folder."""
+
+
+# ----------------------------------------------------------------------------- download
+
+def fetch(url, path, md5=None, connect_timeout=10.0, read_timeout=60.0, progress=True):
+    """Downloads `url` to `path` (temporary file, then rename) unless `path` exists.
+
+    md5: expected hex digest, checked on the new or the existing file (None: not checked).
+    Returns `path`; raises DownloadError with a message for people.
+    """
+    path = Path(path)
+    if path.exists():
+        check_md5(path, md5, url)
+        logger.info("%s is already present, not fetched again", path)
+        return path
+    logger.info("fetching %s -> %s", url, path)
+    try:
+        with requests.get(url, stream=True, timeout=(connect_timeout, read_timeout)) as response:
+            response.raise_for_status()
+            with atomic_path(path) as temporary:
+                digest = _stream_to_file(response, temporary, path.name, progress)
+                if md5 is not None and digest != md5:
+                    raise DownloadError(
+                        f"{url} was fetched but its md5 is {digest}, expected {md5}; nothing "
+                        f"was written to {path}. If the file changed upstream, check it by "
+                        f"hand, put it at {path} and run again with --skip_checksums.")
+    except requests.RequestException as error:
+        raise DownloadError(failure_message(
+            url, error, connect_timeout, read_timeout,
+            f"Without network access, download it elsewhere and put it at {path}, then run "
+            f"this step again (files already present are not fetched again).")) from None
+    return path
+
+
+def probe(url, remedy, connect_timeout=10.0, read_timeout=60.0):
+    """Raises DownloadError (with `remedy` appended) unless `url` answers; reads no body.
+    For downloaders of other libraries that have no timeout of their own."""
+    try:
+        with requests.get(url, stream=True, timeout=(connect_timeout, read_timeout)) as response:
+            response.raise_for_status()
+    except requests.RequestException as error:
+        raise DownloadError(failure_message(url, error, connect_timeout, read_timeout,
+                                            remedy)) from None
+
+
+def failure_message(url, error, connect_timeout, read_timeout, remedy):
+    return f"could not fetch {url}: {_reason(error, connect_timeout, read_timeout)}.\n{remedy}"
+
+
+def _stream_to_file(response, temporary, name, progress):
+    """Writes the body to `temporary`; returns its md5 hex digest."""
+    digest = hashlib.md5()
+    total = int(response.headers.get("content-length", 0)) or None
+    with open(temporary, "wb") as out, Progress(total, name, unit="B",
+                                                 disable=not progress) as bar:
+        for chunk in response.iter_content(CHUNK_BYTES):
+            out.write(chunk)
+            digest.update(chunk)
+            bar.update(len(chunk))
+    return digest.hexdigest()
+
+
+def _reason(error, connect_timeout, read_timeout):
+    """The useful part of a requests exception, in a few words."""
+    if isinstance(error, requests.ConnectTimeout):
+        return f"no connection within {connect_timeout:g} s (offline, or a firewall?)"
+    if isinstance(error, requests.ReadTimeout) or "Read timed out" in str(error):
+        return f"the server sent nothing for {read_timeout:g} s"
+    if isinstance(error, requests.HTTPError) and error.response is not None:
+        return f"the server answered HTTP {error.response.status_code} {error.response.reason}"
+    text = str(error)
+    for pattern in (r"\[Errno -?\d+\] [^'\")]+", r"Failed to resolve '[^']+'[^)]*",
+                    r"Connection refused", r"Name or service not known"):
+        found = re.search(pattern, text)
+        if found:
+            return f"{found.group(0).strip()} (no network, or the host is down?)"
+    return f"{type(error).__name__}: {text[:200]}"
+
+
+def md5_of(path):
+    digest = hashlib.md5()
+    with open(path, "rb") as f:
+        while chunk := f.read(CHUNK_BYTES):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def check_md5(path, md5, url):
+    """Raises DownloadError when `path` does not have the expected md5 (None: no check)."""
+    if md5 is None:
+        return
+    found = md5_of(path)
+    if found != md5:
+        raise DownloadError(
+            f"{path} (from {url}) has md5 {found}, expected {md5}: delete it to fetch it "
+            f"again, or, if the file changed upstream, run again with --skip_checksums.")
+
+
+# ----------------------------------------------------------------------------- extraction
+
+def extract_archive(archive, target):
+    """Extracts `archive` into the folder `target` and returns `target`.
+
+    Refuses, before writing anything, members with an absolute path or a `..` component,
+    links that point outside `target` (or anywhere by an absolute path), and devices.
+    A single-file `.bz2` is decompressed to `target/<name without .bz2>`.
+    """
+    archive, target = Path(archive), Path(target)
+    target.mkdir(parents=True, exist_ok=True)
+    name = archive.name.lower()
+    if zipfile.is_zipfile(archive):
+        _extract_zip(archive, target)
+    elif name.endswith(".bz2") and not name.endswith(".tar.bz2") and \
+            not tarfile.is_tarfile(archive):
+        _decompress_bz2(archive, target / archive.name[:-len(".bz2")])
+    elif tarfile.is_tarfile(archive):
+        _extract_tar(archive, target)
+    else:
+        raise ValueError(f"{archive} is not a zip, tar or bz2 archive")
+    return target
+
+
+def _refuse(archive, member, why):
+    raise UnsafeArchiveError(f"refusing to extract {archive}: member {member!r} {why}; the "
+                             f"archive is corrupt or malicious, nothing was extracted")
+
+
+def _check_member_name(archive, name):
+    """`name` relative, without `..`: where it lands is then inside the target."""
+    posix = PurePosixPath(name.replace("\\", "/"))
+    if posix.is_absolute() or re.match(r"^[A-Za-z]:", name):
+        _refuse(archive, name, "has an absolute path")
+    if ".." in posix.parts:
+        _refuse(archive, name, "climbs out with '..'")
+
+
+def _check_link(archive, name, link, hard=False):
+    """A link's target must stay inside: relative to the link's folder (symlink) or to the
+    archive root (hard link)."""
+    if PurePosixPath(link).is_absolute():
+        _refuse(archive, name, f"links to the absolute path {link!r}")
+    base = PurePosixPath() if hard else PurePosixPath(name).parent
+    depth = 0
+    for part in (base / link).parts:
+        depth += -1 if part == ".." else 0 if part == "." else 1
+        if depth < 0:
+            _refuse(archive, name, f"links outside the target folder ({link!r})")
+
+
+def _check_inside(archive, name, destination, root):
+    """Guards against links extracted earlier: the real path must stay under `root`."""
+    real = os.path.realpath(destination)
+    if real != root and not real.startswith(root + os.sep):
+        _refuse(archive, name, "would be written through a link to outside the target folder")
+
+
+def _extract_tar(archive, target):
+    with tarfile.open(archive) as tar:
+        members = tar.getmembers()
+        for member in members:
+            _check_member_name(archive, member.name)
+            if member.issym() or member.islnk():
+                _check_link(archive, member.name, member.linkname, hard=member.islnk())
+            elif not (member.isfile() or member.isdir()):
+                _refuse(archive, member.name, "is a device or fifo")
+        root = os.path.realpath(target)
+        for member in members:
+            _check_inside(archive, member.name, target / member.name, root)
+            # The "data" filter (Python >= 3.11.4) repeats these checks inside tarfile.
+            if hasattr(tarfile, "data_filter"):
+                tar.extract(member, target, filter="data")
+            else:
+                tar.extract(member, target)
+
+
+def _extract_zip(archive, target):
+    with zipfile.ZipFile(archive) as zf:
+        infos = zf.infolist()
+        for info in infos:
+            _check_member_name(archive, info.filename)
+            if stat.S_ISLNK(info.external_attr >> 16):
+                # zipfile writes a symlink entry as a small file holding the link target.
+                _check_link(archive, info.filename, zf.read(info).decode("utf-8", "replace"))
+        root = os.path.realpath(target)
+        for info in infos:
+            _check_inside(archive, info.filename, target / info.filename, root)
+            zf.extract(info, target)
+
+
+def _decompress_bz2(archive, destination):
+    with bz2.open(archive, "rb") as source, atomic_path(destination) as temporary, \
+            open(temporary, "wb") as out:
+        shutil.copyfileobj(source, out, CHUNK_BYTES)
