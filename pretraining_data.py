@@ -17,6 +17,8 @@ Deliberate deviations from NVIDIA's loader:
 - LDDL shards resume at epoch granularity (as NVIDIA's LDDL path does).
 """
 
+import logging
+import re
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,7 +39,8 @@ def find_input_files(input_dir):
     hdf5 = sorted(p for p in folder.iterdir() if p.suffix in (".hdf5", ".h5") and p.is_file())
     if hdf5:
         return "hdf5", hdf5
-    parquet = sorted(folder.rglob("*.parquet"))
+    # LDDL names binned (phase 2) shards shard-<i>.parquet_<bin>.
+    parquet = sorted(p for p in folder.rglob("*") if re.search(r"\.parquet(_\d+)?$", p.name))
     if parquet:
         return "parquet", parquet
     raise FileNotFoundError(f"--input_dir {input_dir} holds no .hdf5 files (from "
@@ -145,25 +148,45 @@ def to_batch(arrays):
             "next_sentence_labels": torch.from_numpy(arrays["next_sentence_labels"])}
 
 
-def lddl_batches(input_dir, vocab_file, micro_batch, local_rank, seed, epoch, num_workers,
-                 log_dir):
+class LddlBatches:
     """Batches from LDDL's balanced Parquet shards through lddl.torch (pip install
-    --no-deps lddl==0.1.0 pyarrow), renamed to BertForPreTraining's arguments."""
-    try:
-        from lddl.torch import get_bert_pretrain_data_loader
-    except ImportError:
-        raise ImportError(f"--input_dir {input_dir} holds Parquet shards, which need LDDL: "
-                          f"pip install --no-deps lddl==0.1.0 pyarrow") from None
-    if vocab_file is None:
-        raise ValueError("LDDL Parquet shards need --vocab_file (LDDL tokenizes at load time)")
-    loader = get_bert_pretrain_data_loader(
-        str(input_dir), local_rank=max(local_rank, 0), vocab_file=str(vocab_file),
-        data_loader_kwargs={"batch_size": micro_batch, "num_workers": num_workers,
-                            "pin_memory": torch.cuda.is_available()},
-        base_seed=seed, log_dir=str(log_dir), start_epoch=epoch)
-    while True:
-        for batch in loader:
-            yield {"input_ids": batch["input_ids"], "token_type_ids": batch["token_type_ids"],
-                   "attention_mask": batch["attention_mask"],
-                   "masked_lm_labels": batch["labels"],
-                   "next_sentence_labels": batch["next_sentence_labels"]}
+    --no-deps lddl==0.1.0 pyarrow), renamed to BertForPreTraining's arguments. The position
+    counts finished passes (LDDL resumes at epoch granularity)."""
+
+    def __init__(self, files, vocab_file, micro_batch, local_rank, world_size, seed,
+                 position, num_workers, log_dir):
+        try:
+            from lddl.torch import get_bert_pretrain_data_loader
+        except ImportError:
+            raise ImportError(f"{files[0].parent} holds Parquet shards, which need LDDL: "
+                              f"pip install --no-deps lddl==0.1.0 pyarrow") from None
+        if vocab_file is None:
+            raise ValueError("LDDL Parquet shards need --vocab_file (LDDL tokenizes at load time)")
+        # LDDL keeps its workers alive between epochs, which needs at least one.
+        num_workers = max(1, num_workers)
+        shard_sets = {re.sub(r"_\d+$", "", f.name) for f in files}
+        if len(shard_sets) % (world_size * num_workers):
+            raise ValueError(f"{files[0].parent}: LDDL needs the number of shards "
+                             f"({len(shard_sets)}) to be divisible by processes x loader "
+                             f"workers ({world_size} x {num_workers}); change --num_workers "
+                             f"or re-balance the shards")
+        self.position = Position(epoch=position.epoch)
+        self.loader = get_bert_pretrain_data_loader(
+            str(files[0].parent), local_rank=max(local_rank, 0), vocab_file=str(vocab_file),
+            data_loader_kwargs={"batch_size": micro_batch, "num_workers": num_workers,
+                                "pin_memory": torch.cuda.is_available()},
+            base_seed=seed, log_dir=str(log_dir), log_level=logging.WARNING,
+            start_epoch=position.epoch)
+
+    def __iter__(self):
+        while True:
+            for batch in self.loader:
+                yield {"input_ids": batch["input_ids"],
+                       "token_type_ids": batch["token_type_ids"],
+                       "attention_mask": batch["attention_mask"],
+                       "masked_lm_labels": batch["labels"],
+                       "next_sentence_labels": batch["next_sentence_labels"]}
+            self.position = Position(epoch=self.position.epoch + 1)
+
+    def close(self):
+        pass

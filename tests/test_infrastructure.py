@@ -10,10 +10,10 @@ import yaml
 
 from conftest import REPO
 
-SHELL_SCRIPTS = sorted([*REPO.glob("scripts/*.sh"), *REPO.glob("data/*.sh"), REPO / "run.sub",
-                        REPO / ".ci" / "run"])
-ENTRY_SCRIPTS = [p for p in ("create_pretraining_data.py", "run_pretraining.py", "run_squad.py",
-                             "run_glue.py", "inference.py") if (REPO / p).exists()]
+SHELL_SCRIPTS = sorted([*REPO.glob("scripts/*.sh"), *REPO.glob("data/**/*.sh"),
+                        REPO / "run.sub", REPO / ".ci" / "run"])
+ENTRY_SCRIPTS = ["create_pretraining_data.py", "run_pretraining.py", "run_squad.py",
+                 "run_glue.py", "inference.py", "data/bertPrep.py"]
 
 
 @pytest.mark.parametrize("script", SHELL_SCRIPTS, ids=lambda p: p.name)

@@ -1,4 +1,4 @@
-"""LDDL's Parquet shards through pretraining_data.lddl_batches and run_pretraining.main.
+"""LDDL's Parquet shards through pretraining_data.LddlBatches and run_pretraining.main.
 
 The shards are written here in exactly the layout LDDL 0.1.0's preprocess_bert_pretrain and
 balance_dask_output produce with static masking (--masking):
@@ -28,7 +28,7 @@ import pyarrow.parquet as pq
 
 import run_pretraining
 from conftest import sample_documents, write_vocab
-from pretraining_data import find_input_files, lddl_batches
+from pretraining_data import LddlBatches, Position, find_input_files
 from tokenization import FullTokenizer, load_vocab
 
 MAX_SEGMENT = 20  # WordPieces per segment: sequences stay under 48 tokens
@@ -136,10 +136,13 @@ def binned(corpus):
 # ----------------------------------------------------------------------------- checks
 
 def first_batches(input_dir, vocab, count, tmp_path, num_workers=1):
-    stream = lddl_batches(input_dir, vocab, BATCH, local_rank=-1, seed=7, epoch=0,
-                          num_workers=num_workers, log_dir=tmp_path / "lddl_log")
+    _, files = find_input_files(input_dir)
+    source = LddlBatches(files, vocab, BATCH, local_rank=-1, world_size=1, seed=7,
+                         position=Position(), num_workers=num_workers,
+                         log_dir=tmp_path / "lddl_log")
+    stream = iter(source)
     batches = [next(stream) for _ in range(count)]
-    stream.close()
+    source.close()
     return batches
 
 
@@ -212,14 +215,10 @@ def test_run_pretraining_trains_on_lddl_shards(corpus, unbinned, tmp_path):
     assert (tmp_path / "ckpt_2.pt").is_file()
 
 
-@pytest.mark.xfail(strict=True, reason="pretraining_data.find_input_files globs *.parquet; "
-                   "LDDL's binned shards are named shard-<i>.parquet_<bin>")
 def test_run_pretraining_finds_binned_shards(binned):
     assert find_input_files(binned)[0] == "parquet"
 
 
-@pytest.mark.xfail(strict=True, reason="lddl_batches is a generator without .position: "
-                   "checkpoints record epoch 0, so a resume replays the data from epoch 0")
 def test_checkpoint_records_the_lddl_epoch(corpus, unbinned, tmp_path):
     _, vocab, config, _ = corpus
     run_pretraining.main(run_pretraining.parse_args([
@@ -230,9 +229,6 @@ def test_checkpoint_records_the_lddl_epoch(corpus, unbinned, tmp_path):
     assert state["data_position"]["epoch"] == 1
 
 
-@pytest.mark.xfail(strict=True, raises=ValueError,
-                   reason="LDDL forces persistent_workers=True, which torch refuses with "
-                          "num_workers=0; lddl_batches passes --num_workers 0 through")
 def test_lddl_batches_without_worker_processes(corpus, unbinned, tmp_path):
     _, vocab, _, _ = corpus
     first_batches(unbinned, vocab, 1, tmp_path, num_workers=0)
