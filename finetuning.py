@@ -144,7 +144,7 @@ def train(model, dataset, args, distributed, metrics):
             sampler.set_epoch(epoch)
         optimizer.zero_grad(set_to_none=True)  # an epoch's unfinished accumulation is dropped
         for micro_step, tensors in enumerate(loader):
-            batch = {name: t.to(distributed.device) for name, t in zip(dataset.names, tensors)}
+            batch = trimmed_batch(dataset.names, tensors, distributed.device)
             with utils.autocast(precision, distributed.device):
                 loss = ddp(**batch)[0]
             scaler.scale(loss / accumulation).backward()
@@ -169,26 +169,47 @@ def train(model, dataset, args, distributed, metrics):
 
 
 @torch.no_grad()
-def predict(model, dataset, batch_size, args, device):
+def predict(model, dataset, batch_size, args, device, per_token=False):
     """Runs the model over a TensorDataset in order; returns the concatenated outputs (each
-    output of the model's forward as one tensor on the CPU) and the inference rate."""
+    output of the model's forward as one tensor on the CPU) and the inference rate.
+    per_token: the outputs have a sequence dimension (question answering), which is padded
+    back to the dataset's width after the batch was trimmed."""
     model.eval()
     loader = DataLoader(dataset, sampler=SequentialSampler(dataset), batch_size=batch_size)
     outputs, started = None, time.monotonic()
     progress = utils.Progress(len(dataset), "predicting", unit="seq",
                               disable=args.disable_progress_bar)
     for tensors in loader:
-        batch = {name: t.to(device) for name, t in zip(dataset.names, tensors)}
         with utils.autocast(utils.precision_of(args), device):
-            result = model(**batch)
+            result = model(**trimmed_batch(dataset.names, tensors, device))
         result = result if isinstance(result, tuple) else (result,)
         parts = [r.float().cpu() for r in result]
+        if per_token:
+            parts = [restore_width(p, tensors[0].shape[1]) for p in parts]
         outputs = [[p] for p in parts] if outputs is None else [o + [p] for o, p in
                                                                  zip(outputs, parts)]
         progress.update(len(tensors[0]))
     progress.close()
     seconds = time.monotonic() - started
     return [torch.cat(o) for o in outputs], len(dataset) / seconds
+
+
+def trimmed_batch(names, tensors, device):
+    """The batch as keyword arguments on `device`, cut to its longest sequence: padding
+    beyond it changes no output, and short inputs (SST-2) then cost a fraction of
+    max_seq_length."""
+    batch = dict(zip(names, tensors))
+    if "attention_mask" in batch:
+        longest = int(batch["attention_mask"].sum(dim=1).max())
+        batch = {name: t[:, :longest] if t.dim() == 2 and name != "labels" else t
+                 for name, t in batch.items()}
+    return {name: t.to(device, non_blocking=True) for name, t in batch.items()}
+
+
+def restore_width(output, width):
+    """Per-token outputs of a trimmed batch padded back to `width` with a very low score,
+    so that batches concatenate and padding is never picked as an answer."""
+    return torch.nn.functional.pad(output, (0, width - output.shape[1]), value=-10000.0)
 
 
 def named_dataset(tensors):

@@ -86,11 +86,12 @@ def answer(model, tokenizer, question, context, args, device):
 
 def main(args):
     utils.setup_logging()
+    context = read_context(args)
     finetuning.resolve_model_files(args)
     device = torch.device("cuda" if torch.cuda.is_available() and not args.no_cuda else "cpu")
     tokenizer = FullTokenizer(args.vocab_file, finetuning.do_lower_case(args))
     model = finetuning.load_model(BertForQuestionAnswering, args, device).eval()
-    best, nbest = answer(model, tokenizer, args.question, read_context(args), args, device)
+    best, nbest = answer(model, tokenizer, args.question, context, args, device)
     print(f"Answer: {best}" if best else "Answer: (no answer)")
     if args.n_best_size > 1:
         print(json.dumps(nbest, indent=2))

