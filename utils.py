@@ -12,6 +12,7 @@ Deliberate deviations from NVIDIA's utils/run scripts:
 
 import contextlib
 import datetime
+import importlib.util
 import json
 import logging
 import os
@@ -23,7 +24,23 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
+
+def _hide_deployment_folder_from_import():
+    """Our triton/ folder (deployment scripts, no __init__.py) would be imported as a
+    namespace package named `triton` by any process started from the repository root when
+    the real Triton library is not installed (CPU machines); torch would then take it for
+    the compiler and fail. Mark the name as absent in that case; the real library, where
+    installed, is a regular package and is found first, so it is never hidden."""
+    spec = importlib.util.find_spec("triton")
+    ours = Path(__file__).resolve().parent / "triton"
+    if spec is not None and spec.origin in (None, "namespace") and all(
+            Path(location).resolve() == ours for location in spec.submodule_search_locations):
+        sys.modules["triton"] = None
+
+
+_hide_deployment_folder_from_import()
+
+import torch  # noqa: E402 - after the guard above
 import torch.distributed as dist
 from tqdm import tqdm
 

@@ -49,6 +49,13 @@ def test_pretraining_wrapper_lists_21_positional_arguments():
 
 def test_no_package_shadows_the_triton_library():
     assert not (REPO / "triton" / "__init__.py").exists()
+    probe = ("import utils\n"
+             "try:\n    import triton\nexcept ImportError:\n    print('absent')\n"
+             "else:\n    print(triton.__file__)")
+    found = subprocess.run([sys.executable, "-c", probe], cwd=REPO, capture_output=True,
+                           text=True, check=True).stdout.strip()
+    # Either no Triton library at all, or the real one from site-packages: never our folder.
+    assert found == "absent" or (found != "None" and "site-packages" in found), found
 
 
 def test_every_torch_load_refuses_pickled_code():
