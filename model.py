@@ -13,6 +13,9 @@ Deliberate deviations from NVIDIA's modeling.py:
 - `BertForPreTraining` with labels decodes only masked positions (NVIDIA's
   "dense_seq_output", always on) and returns the losses; without labels it returns logits
   over every position. Logits never include the padded vocabulary rows.
+- Batches with more than 10% padding run the position-wise layers on the real tokens
+  only (outputs at padding are zero), and question answering gives padding positions a
+  logit of -10000, so the loss's softmax covers the real tokens only.
 - Loading is strict about the encoder (a missing, unexpected or mis-shaped encoder weight is
   an error, see NVIDIA issues #1151/#1154); task heads may be missing or unexpected and are
   reported by name.
@@ -158,17 +161,17 @@ class BertSelfAttention(nn.Module):
         batch, seq, hidden = x.shape
         return x.view(batch, seq, self.num_heads, hidden // self.num_heads).transpose(1, 2)
 
-    def forward(self, hidden_states, attention_bias):
-        q = self.split_heads(self.query(hidden_states))  # (B, heads, T, head_dim)
-        k = self.split_heads(self.key(hidden_states))
-        v = self.split_heads(self.value(hidden_states))
-        if attention_bias is not None:
-            attention_bias = attention_bias.to(q.dtype)  # autocast: q is fp16/bf16
+    def forward(self, hidden_states, layout):
+        q = self.split_heads(layout.unpack(self.query(hidden_states)))  # (B, heads, T, head_dim)
+        k = self.split_heads(layout.unpack(self.key(hidden_states)))
+        v = self.split_heads(layout.unpack(self.value(hidden_states)))
+        bias = layout.attention_bias
+        if bias is not None:
+            bias = bias.to(q.dtype)  # autocast: q is fp16/bf16
         context = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=attention_bias,
-            dropout_p=self.dropout_prob if self.training else 0.0)
+            q, k, v, attn_mask=bias, dropout_p=self.dropout_prob if self.training else 0.0)
         batch, _, seq, _ = context.shape
-        return context.transpose(1, 2).reshape(batch, seq, -1)  # (B, T, hidden)
+        return layout.pack(context.transpose(1, 2).reshape(batch, seq, -1))  # (B, T, hidden)
 
 
 class BertSelfOutput(nn.Module):
@@ -190,8 +193,8 @@ class BertAttention(nn.Module):
         self.self = BertSelfAttention(config)
         self.output = BertSelfOutput(config, config.hidden_size)
 
-    def forward(self, hidden_states, attention_bias):
-        return self.output(self.self(hidden_states, attention_bias), hidden_states)
+    def forward(self, hidden_states, layout):
+        return self.output(self.self(hidden_states, layout), hidden_states)
 
 
 class BertIntermediate(nn.Module):
@@ -216,8 +219,8 @@ class BertLayer(nn.Module):
         self.intermediate = BertIntermediate(config)
         self.output = BertOutput(config)
 
-    def forward(self, hidden_states, attention_bias):
-        attention_output = self.attention(hidden_states, attention_bias)
+    def forward(self, hidden_states, layout):
+        attention_output = self.attention(hidden_states, layout)
         return self.output(self.intermediate(attention_output), attention_output)
 
 
@@ -226,10 +229,11 @@ class BertEncoder(nn.Module):
         super().__init__()
         self.layer = nn.ModuleList(BertLayer(config) for _ in range(config.num_hidden_layers))
 
-    def forward(self, hidden_states, attention_bias):
+    def forward(self, hidden_states, layout):
+        hidden_states = layout.pack(hidden_states)
         for layer in self.layer:
-            hidden_states = layer(hidden_states, attention_bias)
-        return hidden_states
+            hidden_states = layer(hidden_states, layout)
+        return layout.unpack(hidden_states)
 
 
 class BertPooler(nn.Module):
@@ -252,6 +256,38 @@ def attention_bias_from_mask(attention_mask):
         return None
     keep = attention_mask[:, None, None, :].to(torch.bool)
     return torch.zeros(keep.shape, device=keep.device).masked_fill(~keep, -10000.0)
+
+
+class TokenLayout:
+    """Where a batch's real tokens are, and the attention bias for its padding.
+
+    When padding is more than `PACK_BELOW` of the batch, the position-wise layers (the
+    projections, feed-forward and LayerNorms: most of the model's work) run on the real
+    tokens only, packed as (N, hidden); attention unpacks them to (B, T) for SDPA. Outputs
+    at padding positions are then zero (they are meaningless either way).
+    """
+    PACK_BELOW = 0.9
+
+    def __init__(self, attention_mask):
+        self.attention_bias = attention_bias_from_mask(attention_mask)
+        self.index = None
+        if attention_mask is not None:
+            self.shape = attention_mask.shape
+            keep = attention_mask.reshape(-1).bool()
+            real = keep.nonzero().squeeze(1)  # one host sync per forward
+            if real.numel() < self.PACK_BELOW * keep.numel():
+                self.index = real
+
+    def pack(self, x):
+        """(B, T, H) -> (N, H) real tokens; unchanged when not packing."""
+        return x if self.index is None else x.reshape(-1, x.shape[-1]).index_select(0, self.index)
+
+    def unpack(self, x):
+        """(N, H) -> (B, T, H) with zeros at padding; unchanged when not packing."""
+        if self.index is None:
+            return x
+        padded = x.new_zeros(self.shape.numel(), x.shape[-1]).index_copy(0, self.index, x)
+        return padded.view(*self.shape, x.shape[-1])
 
 
 class BertPreTrainedModel(nn.Module):
@@ -293,8 +329,7 @@ class BertModel(BertPreTrainedModel):
         if token_type_ids is None:
             token_type_ids = torch.zeros_like(input_ids)
         hidden_states = self.embeddings(input_ids, token_type_ids)
-        attention_bias = attention_bias_from_mask(attention_mask)
-        sequence_output = self.encoder(hidden_states, attention_bias)
+        sequence_output = self.encoder(hidden_states, TokenLayout(attention_mask))
         pooled_output = self.pooler(sequence_output) if self.pooler is not None else None
         return sequence_output, pooled_output
 
@@ -390,9 +425,13 @@ class BertForQuestionAnswering(BertPreTrainedModel):
     def forward(self, input_ids, token_type_ids=None, attention_mask=None,
                 start_positions=None, end_positions=None):
         """-> (start_logits, end_logits), or (loss, start_logits, end_logits) with positions.
-        Positions outside the sequence (answer not in this window) are ignored, as BERT does."""
+        Positions outside the sequence (answer not in this window) are ignored, as BERT does;
+        padding positions get a logit of -10000, so they take no part in the loss."""
         sequence_output, _ = self.bert(input_ids, token_type_ids, attention_mask)
-        start_logits, end_logits = self.qa_outputs(sequence_output).unbind(dim=-1)
+        logits = self.qa_outputs(sequence_output)
+        if attention_mask is not None:  # an answer never starts or ends in the padding
+            logits = logits.masked_fill(attention_mask[..., None] == 0, -10000.0)
+        start_logits, end_logits = logits.unbind(dim=-1)
         if start_positions is None or end_positions is None:
             return start_logits, end_logits
         seq_len = start_logits.shape[1]

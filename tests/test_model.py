@@ -8,7 +8,7 @@ import transformers
 
 from conftest import random_batch, tiny_config
 from model import (BertConfig, BertForPreTraining, BertForQuestionAnswering,
-                   BertForSequenceClassification, BertModel)
+                   BertForSequenceClassification, BertModel, TokenLayout)
 
 torch.manual_seed(0)
 
@@ -24,6 +24,12 @@ def hf_twin(ours, hf_class, **kwargs):
 
 def assert_close(ours, theirs, atol=1e-5):
     torch.testing.assert_close(ours, theirs, atol=atol, rtol=1e-5)
+
+
+def at_real_tokens(output, attention_mask):
+    """Per-token outputs where the mask is 1: values at padding are undefined (ours are
+    zero when the batch is packed, transformers' are whatever attention gave)."""
+    return output[attention_mask.bool()]
 
 
 # ----------------------------------------------------------------------------- config
@@ -71,7 +77,8 @@ def test_bert_model_matches_transformers_with_padding():
     sequence_output, pooled_output = ours(input_ids, token_type_ids, attention_mask)
     reference = theirs(input_ids=input_ids, token_type_ids=token_type_ids,
                        attention_mask=attention_mask)
-    assert_close(sequence_output, reference.last_hidden_state)
+    assert_close(at_real_tokens(sequence_output, attention_mask),
+                 at_real_tokens(reference.last_hidden_state, attention_mask))
     assert_close(pooled_output, reference.pooler_output)
 
 
@@ -93,7 +100,8 @@ def test_pretraining_logits_and_losses_match_transformers():
                        attention_mask=attention_mask,
                        labels=masked_lm_labels_for(input_ids, attention_mask, -100),
                        next_sentence_label=next_sentence_labels)
-    assert_close(prediction_scores, reference.prediction_logits)
+    assert_close(at_real_tokens(prediction_scores, attention_mask),
+                 at_real_tokens(reference.prediction_logits, attention_mask))
     assert_close(seq_relationship_scores, reference.seq_relationship_logits)
 
     total_loss, masked_lm_loss, next_sentence_loss = ours(
@@ -116,9 +124,17 @@ def test_question_answering_matches_transformers():
     reference = theirs(input_ids=input_ids, token_type_ids=token_type_ids,
                        attention_mask=attention_mask,
                        start_positions=start_positions, end_positions=end_positions)
-    assert_close(start_logits, reference.start_logits)
-    assert_close(end_logits, reference.end_logits)
-    assert_close(loss, reference.loss)
+    assert_close(at_real_tokens(start_logits, attention_mask),
+                 at_real_tokens(reference.start_logits, attention_mask))
+    assert_close(at_real_tokens(end_logits, attention_mask),
+                 at_real_tokens(reference.end_logits, attention_mask))
+    # Our loss leaves padding out of the softmax: transformers' logits, padding masked.
+    padding = attention_mask == 0
+    expected = sum(torch.nn.functional.cross_entropy(logits.masked_fill(padding, -10000.0),
+                                                     positions.clamp(0, 11), ignore_index=11)
+                   for logits, positions in ((reference.start_logits, start_positions),
+                                             (reference.end_logits, end_positions))) / 2
+    assert_close(loss, expected)
 
 
 @pytest.mark.parametrize("num_labels", [3, 1])
@@ -159,6 +175,19 @@ def test_dense_masked_lm_loss_equals_loss_over_all_positions():
                                                   masked_lm_labels=labels)
     assert_close(masked_lm_loss, expected)
     assert next_sentence_loss is None
+
+
+def test_packed_and_unpacked_batches_give_the_same_outputs(monkeypatch):
+    model = BertForPreTraining(tiny_config()).eval()
+    input_ids, token_type_ids, attention_mask = random_batch(model.config, batch=4, seq=16)
+    packed = model(input_ids, token_type_ids, attention_mask)
+    monkeypatch.setattr(TokenLayout, "PACK_BELOW", 0.0)  # never pack
+    unpacked = model(input_ids, token_type_ids, attention_mask)
+    assert_close(at_real_tokens(packed[0], attention_mask),
+                 at_real_tokens(unpacked[0], attention_mask))
+    assert_close(packed[1], unpacked[1])
+    assert (packed[0][~attention_mask.bool()] == model.cls.predictions(
+        torch.zeros(1, model.config.hidden_size))).all()
 
 
 def test_padded_vocabulary_is_never_exposed():
