@@ -3,8 +3,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup_env.sh
+# shellcheck disable=SC1091
+source .venv/bin/activate  # the wrappers under test call `python`
 status=0
-.venv/bin/python -m pytest "$@" || status=$?
+python -m pytest "$@" || status=$?
 if [ "$status" -eq 5 ]; then  # pytest's "no tests collected"
   echo "no tests were collected" >&2
 fi

@@ -1,8 +1,10 @@
 """run_glue.py, run_squad.py and inference.py end to end on the shipped fixtures."""
 
 import json
+import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -147,6 +149,7 @@ def test_glue_wrapper_runs_on_one_cpu_process(tiny_model_files, tmp_path):
     subprocess.run(["bash", "scripts/run_glue.sh", str(tmp_path / "seed" / "pytorch_model.bin"),
                     str(MRPC_DIR), str(vocab), str(config), str(tmp_path / "out"), "mrpc", "1",
                     "4", "2", "1e-4", "0.1", "1", "fp32", "2", "train eval", "2"],
-                   cwd=REPO, check=True, capture_output=True, timeout=300)
+                   cwd=REPO, check=True, capture_output=True, timeout=300,
+                   env={**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"})
     results = json.loads((tmp_path / "out" / "eval_results.json").read_text())
     assert results["train_steps"] == 2 and "f1" in results
