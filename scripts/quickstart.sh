@@ -19,15 +19,15 @@ python create_pretraining_data.py --input_file data/sample/sample_text.txt --voc
 
 echo "== 2/5 and 3/5 pre-training, phase 1 (seq 128) then phase 2 (seq 512)"
 # Positional arguments as listed in scripts/run_pretraining.sh: batch 32 and lr 5e-3 in fp32 on
-# one process, 100 phase-1 steps, then batch 16 at lr 4e-3 for 20 phase-2 steps.
+# one process, 60 phase-1 steps, then batch 16 at lr 4e-3 for 10 phase-2 steps.
 DATA_DIR_PHASE1="$OUT/hdf5/phase1" DATA_DIR_PHASE2="$OUT/hdf5/phase2" BERT_CONFIG=bert_configs/tiny.json \
 RESULTS_DIR="$OUT" EXTRA_ARGS="--log_freq 10" \
-  bash scripts/run_pretraining.sh 32 5e-3 fp32 1 0.1 100 50 false true true 2 42 quickstart false false \
-  16 4e-3 0.1 20 2
+  bash scripts/run_pretraining.sh 32 5e-3 fp32 1 0.1 60 30 false true true 2 42 quickstart false false \
+  16 4e-3 0.1 10 2
 
 echo "== 4/5 fine-tuning for question answering on data/sample/squad_sample.json"
 python run_squad.py --do_train --do_predict --do_eval --train_file data/sample/squad_sample.json \
-  --predict_file data/sample/squad_sample.json --init_checkpoint "$OUT/checkpoints/ckpt_120.pt" \
+  --predict_file data/sample/squad_sample.json --init_checkpoint "$OUT/checkpoints/ckpt_70.pt" \
   --config_file bert_configs/tiny.json --vocab_file "$VOCAB" --do_lower_case --max_seq_length 128 \
   --train_batch_size 8 --num_train_epochs 20 --learning_rate 1e-3 --skip_cache --log_freq 10 \
   --output_dir "$OUT/squad" --disable_progress_bar
