@@ -26,6 +26,7 @@ median.
 """
 
 import argparse
+import copy
 import statistics
 import sys
 import time
@@ -37,6 +38,7 @@ import transformers
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # model.py lives in the root
 from model import BertConfig, BertForPreTraining  # noqa: E402
+from optimization import make_lamb, param_groups  # noqa: E402
 
 CONFIGS = {
     # The all-MiniLM-L6-v2 shape.
@@ -68,6 +70,8 @@ def parse_args(argv=None):
                              + ", ".join(f"{k} {v}" for k, v in DEFAULT_STEPS.items()) + ")")
     parser.add_argument("--bf16", action="store_true",
                         help="also time both under torch.autocast('cpu', dtype=torch.bfloat16)")
+    parser.add_argument("--lamb", action="store_true",
+                        help="also time our model with run_pretraining's LAMB optimizer")
     parser.add_argument("--seed", type=int, default=42)
     args = parser.parse_args(argv)
     for name in ("threads", "batch_size", "max_seq_length"):
@@ -185,18 +189,17 @@ def train_step(model, optimizer, loss_fn, batch, autocast):
     return time.perf_counter() - start
 
 
-def time_steps(ours, theirs, batch, autocast, warmup, steps):
-    """Seconds of each timed step, (ours, theirs), alternating which model runs first."""
-    contenders = [(ours, ours_loss), (theirs, theirs_loss)]
-    optimizers = [torch.optim.AdamW(model.parameters(), **ADAMW) for model, _ in contenders]
-    for model, _ in contenders:
+def time_steps(contenders, batch, autocast, warmup, steps):
+    """Seconds of each timed step per (model, loss_fn, optimizer) contender, rotating
+    which one runs first."""
+    for model, _, _ in contenders:
         model.train()
-    seconds = ([], [])
+    seconds = [[] for _ in contenders]
     for step in range(warmup + steps):
-        order = (0, 1) if step % 2 == 0 else (1, 0)
-        for index in order:
-            model, loss_fn = contenders[index]
-            elapsed = train_step(model, optimizers[index], loss_fn, batch, autocast)
+        shift = step % len(contenders)
+        for index in [*range(shift, len(contenders)), *range(shift)]:
+            model, loss_fn, optimizer = contenders[index]
+            elapsed = train_step(model, optimizer, loss_fn, batch, autocast)
             if step >= warmup:
                 seconds[index].append(elapsed)
     return seconds
@@ -214,23 +217,33 @@ def benchmark_config(name, args):
     precisions = {"fp32": nullcontext}
     if args.bf16:
         precisions["bf16"] = lambda: torch.autocast("cpu", dtype=torch.bfloat16)
+    contenders = {"ours": (ours, ours_loss, torch.optim.AdamW(ours.parameters(), **ADAMW)),
+                  "transformers": (theirs, theirs_loss,
+                                   torch.optim.AdamW(theirs.parameters(), **ADAMW))}
+    if args.lamb:  # run_pretraining's optimizer on a copy of our model
+        with_lamb = copy.deepcopy(ours)
+        contenders["ours, LAMB"] = (with_lamb, ours_loss, make_lamb(
+            param_groups(with_lamb, weight_decay=0.01), lr=ADAMW["lr"]))
     rows = []
     for precision, autocast in precisions.items():
-        ours_times, theirs_times = time_steps(ours, theirs, batch, autocast, args.warmup, steps)
-        ours_s, theirs_s = statistics.median(ours_times), statistics.median(theirs_times)
-        for implementation, seconds in (("ours", ours_s), ("transformers", theirs_s)):
-            rows.append((name, implementation, precision, seconds,
-                         args.batch_size / seconds,
-                         f"{theirs_s / seconds:.2f}x" if implementation == "ours" else "baseline"))
+        times = dict(zip(contenders, time_steps(list(contenders.values()), batch, autocast,
+                                                args.warmup, steps)))
+        baseline = statistics.median(times["transformers"])
+        for implementation, seconds_list in times.items():
+            seconds = statistics.median(seconds_list)
+            rows.append((name, implementation, precision, seconds, args.batch_size / seconds,
+                         "baseline" if implementation == "transformers"
+                         else f"{baseline / seconds:.2f}x"))
         print(f"{name} {precision}: {steps} timed steps after {args.warmup} warm-up, "
-              f"s/step min-max: ours {min(ours_times):.3f}-{max(ours_times):.3f}, "
-              f"transformers {min(theirs_times):.3f}-{max(theirs_times):.3f}", flush=True)
+              f"s/step min-max: " + ", ".join(f"{k} {min(v):.3f}-{max(v):.3f}"
+                                              for k, v in times.items()), flush=True)
     return rows
 
 
 def print_table(rows, args):
-    print(f"\nOne pre-training step (forward, backward, AdamW step, zero_grad): both use "
-          f"torch.optim.AdamW(foreach=True), train mode, batch {args.batch_size} x seq "
+    print(f"\nOne pre-training step (forward, backward, optimizer step, zero_grad): ours and "
+          f"transformers use torch.optim.AdamW(foreach=True) (\"ours, LAMB\": our LAMB, as "
+          f"run_pretraining.py), train mode, batch {args.batch_size} x seq "
           f"{args.max_seq_length}, {args.threads} CPU threads, torch {torch.__version__}, "
           f"transformers {transformers.__version__} (sdpa attention).\n")
     print("| config | implementation | precision | s/step (median) | sequences/s "
