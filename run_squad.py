@@ -82,19 +82,25 @@ def cache_path(args):
                      f"{args.doc_stride}_{args.max_query_length}_{lower}.features.pt")
 
 
+def read_features(path, is_training, args, tokenizer):
+    """(examples, features, model-input tensors) of a SQuAD file, windowed per the flags."""
+    examples = squad.read_squad_examples(path, is_training,
+                                         version_2_with_negative=args.version_2_with_negative)
+    features = squad.convert_examples_to_features(examples, tokenizer, args.max_seq_length,
+                                                  args.doc_stride, args.max_query_length,
+                                                  is_training)
+    tensors = squad.features_to_tensors(features, is_training)
+    del tensors["feature_index"]  # prediction keeps the order; training needs no map back
+    return examples, features, tensors
+
+
 def training_tensors(args, tokenizer):
     """Training features as tensors, from the cache when it was made with these settings."""
     path = cache_path(args)
     if path.is_file():
         logger.info("loading cached training features from %s", path)
         return torch.load(path, weights_only=True)
-    examples = squad.read_squad_examples(args.train_file, is_training=True,
-                                         version_2_with_negative=args.version_2_with_negative)
-    features = squad.convert_examples_to_features(examples, tokenizer, args.max_seq_length,
-                                                  args.doc_stride, args.max_query_length,
-                                                  is_training=True)
-    tensors = squad.features_to_tensors(features, is_training=True)
-    del tensors["feature_index"]
+    examples, features, tensors = read_features(args.train_file, True, args, tokenizer)
     if not args.skip_cache:
         with utils.atomic_path(path) as temporary:
             torch.save(tensors, temporary)
@@ -106,13 +112,7 @@ def training_tensors(args, tokenizer):
 
 def predict_answers(model, args, tokenizer, device):
     """Answers every question of --predict_file; returns (predictions, null_odds, rate)."""
-    examples = squad.read_squad_examples(args.predict_file, is_training=False,
-                                         version_2_with_negative=args.version_2_with_negative)
-    features = squad.convert_examples_to_features(examples, tokenizer, args.max_seq_length,
-                                                  args.doc_stride, args.max_query_length,
-                                                  is_training=False)
-    tensors = squad.features_to_tensors(features, is_training=False)
-    del tensors["feature_index"]
+    examples, features, tensors = read_features(args.predict_file, False, args, tokenizer)
     (start_logits, end_logits), rate = finetuning.predict(
         model, finetuning.named_dataset(tensors), args.predict_batch_size, args, device,
         per_token=True)
