@@ -30,8 +30,10 @@ Deliberate deviations from Google's/NVIDIA's script:
 """
 
 import argparse
+import bisect
 import functools
 import glob
+import itertools
 import logging
 import os
 import random
@@ -40,6 +42,7 @@ from collections import deque
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import h5py
 import numpy as np
@@ -160,9 +163,17 @@ def read_shards(files, shard_bytes):
             yield b"".join(lines).decode("utf-8", errors="replace"), size
 
 
+class Document(NamedTuple):
+    """A document's sentences as token spans of the shard's flat array: sentence i is
+    flat[starts[i]:ends[i]]; consecutive sentences are adjacent, so any run of them is one
+    span."""
+    starts: list
+    ends: list
+
+
 def tokenize_documents(text, tokenizer):
-    """Text of a shard -> (flat int32 token array, list of documents, each a list of
-    (start, end) sentence spans into it). Empty sentences and documents are dropped."""
+    """Text of a shard -> (flat int32 token array, list of Documents). Empty sentences and
+    documents are dropped."""
     documents, sentences, current = [], [], []
     for line in text.split("\n"):
         line = line.strip()
@@ -175,12 +186,13 @@ def tokenize_documents(text, tokenizer):
     if current:
         documents.append(current)
     token_ids = tokenizer.tokenize_to_ids(sentences)
-    lengths = np.fromiter((len(ids) for ids in token_ids), dtype=np.int64, count=len(token_ids))
-    starts = np.concatenate([[0], np.cumsum(lengths)])
-    flat = np.fromiter((i for ids in token_ids for i in ids), dtype=np.int32, count=starts[-1])
-    spanned = [[(int(starts[s]), int(starts[s + 1])) for s in doc if lengths[s]]
-               for doc in documents]
-    return flat, [doc for doc in spanned if doc]
+    lengths = np.fromiter(map(len, token_ids), dtype=np.int64, count=len(token_ids))
+    offsets = np.concatenate([[0], np.cumsum(lengths)]).tolist()
+    flat = np.fromiter(itertools.chain.from_iterable(token_ids), dtype=np.int32,
+                       count=offsets[-1])
+    spanned = [Document([offsets[s] for s in doc if lengths[s]],
+                        [offsets[s + 1] for s in doc if lengths[s]]) for doc in documents]
+    return flat, [doc for doc in spanned if doc.starts]
 
 
 # ----------------------------------------------------------------------------- pairing
@@ -189,26 +201,24 @@ def create_instances_from_document(documents, document_index, max_num_tokens,
                                    short_seq_prob, rng):
     """BERT's pairing for one document, on token spans: yields (a_start, a_end, b_start,
     b_end, is_random_next) where A and B are contiguous spans of the shard's token array,
-    before truncation."""
-    document = documents[document_index]
-    target_length = draw_target_length(max_num_tokens, short_seq_prob, rng)
-    chunk, chunk_length, i = [], 0, 0
-    while i < len(document):
-        chunk.append(document[i])
-        chunk_length += document[i][1] - document[i][0]
-        if i == len(document) - 1 or chunk_length >= target_length:
-            a_end = randint(rng, 1, len(chunk) - 1) if len(chunk) >= 2 else 1
-            a_span = (chunk[0][0], chunk[a_end - 1][1])
-            if len(chunk) == 1 or rng.random() < 0.5:
-                b_span = random_next_span(documents, document_index,
-                                          target_length - (a_span[1] - a_span[0]), rng)
-                i -= len(chunk) - a_end  # the unused sentences go back for the next pair
-                yield a_span + b_span + (True,)
-            else:
-                yield a_span + (chunk[a_end][0], chunk[-1][1], False)
-            chunk, chunk_length = [], 0
-            target_length = draw_target_length(max_num_tokens, short_seq_prob, rng)
-        i += 1
+    before truncation. A chunk takes sentences until it reaches the target length (found by
+    bisection over the sentence ends rather than a loop); A is a random number of its
+    leading sentences and B the rest, or, half of the time, text from another document."""
+    starts, ends = documents[document_index]
+    i = 0
+    while i < len(starts):
+        target_length = draw_target_length(max_num_tokens, short_seq_prob, rng)
+        last = min(bisect.bisect_left(ends, starts[i] + target_length, i), len(starts) - 1)
+        sentences = last - i + 1
+        a_sentences = randint(rng, 1, sentences - 1) if sentences >= 2 else 1
+        a_span = (starts[i], ends[i + a_sentences - 1])
+        if sentences == 1 or rng.random() < 0.5:
+            yield a_span + random_next_span(documents, document_index,
+                                            target_length - (a_span[1] - a_span[0]), rng) + (True,)
+            i += a_sentences  # the unused sentences go back for the next pair
+        else:
+            yield a_span + (starts[i + a_sentences], ends[last], False)
+            i = last + 1
 
 
 def draw_target_length(max_num_tokens, short_seq_prob, rng):
@@ -231,14 +241,10 @@ def random_next_span(documents, document_index, target_b_length, rng):
         random_index = randint(rng, 0, len(documents) - 1)
         if random_index != document_index:
             break
-    document = documents[random_index]
-    start = randint(rng, 0, len(document) - 1)
-    end = start
-    while end < len(document):
-        end += 1
-        if document[end - 1][1] - document[start][0] >= target_b_length:
-            break
-    return document[start][0], document[end - 1][1]
+    starts, ends = documents[random_index]
+    first = randint(rng, 0, len(starts) - 1)
+    last = min(bisect.bisect_left(ends, starts[first] + target_b_length, first), len(starts) - 1)
+    return starts[first], ends[last]
 
 
 def truncate_pairs(spans, max_num_tokens, np_rng):
@@ -409,7 +415,7 @@ def write_shard(flat, pairs, options, path, np_rng):
         for name, dtype in SCHEMA.items():
             shape = (n,) if widths[name] is None else (n, widths[name])
             datasets[name] = f.create_dataset(
-                name, shape=shape, dtype=dtype, compression="gzip", compression_opts=4,
+                name, shape=shape, dtype=dtype, compression="gzip", compression_opts=1,
                 shuffle=True, track_times=False, chunks=(min(n, 2048),) + shape[1:])
         for start in range(0, n, BLOCK):
             batch = mask_pairs(flat, pairs[start:start + BLOCK], options, vocab, is_subword,

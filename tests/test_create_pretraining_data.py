@@ -163,7 +163,7 @@ def test_golden_output_for_a_fixed_seed(tmp_path):
     assert digest.hexdigest() == GOLDEN_SHA256
 
 
-GOLDEN_SHA256 = "160ef59acd1d8966392508311a1f6ffd6160b5158a1b8fc2220cde6558b0483a"
+GOLDEN_SHA256 = "d196be1b4360c347fca9122de56eae966530af90edd85abafde351a358e66e5c"
 
 
 # ----------------------------------------------------------------------------- errors
