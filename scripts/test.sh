@@ -3,6 +3,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup_env.sh
+bash triton/setup_env.sh  # the deployment venv (numpy<2) that tests/test_triton.py runs Triton from
 # shellcheck disable=SC1091
 source .venv/bin/activate  # the wrappers under test call `python`
 status=0

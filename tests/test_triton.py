@@ -1,0 +1,350 @@
+"""triton/: exports that match PyTorch, model configurations Triton would accept, and the real
+Triton server answering like inference.py.
+
+The deployment scripts run as subprocesses in the deployment environment (triton/.venv, or
+$TRITON_VENV; bash triton/setup_env.sh builds it; nvidia-pytriton pins numpy<2, so it cannot
+share .venv), while this process computes the expected results with the main environment.
+Without that environment those tests skip with the reason (under CI, with CI set, they fail);
+the end-to-end test also skips where triton/server.py says the bundled server cannot run
+(e.g. glibc older than 2.35).
+"""
+
+import importlib.util
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+import torch
+
+import inference
+from conftest import REPO, write_vocab
+from model import BertConfig, BertForQuestionAnswering, BertForSequenceClassification
+
+
+def import_script(path):
+    """A script of triton/ as a module, without putting triton/ on sys.path."""
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+# TorchScript is deprecated in torch 2.13 but is still what Triton's libtorch backend loads.
+pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit:DeprecationWarning")
+
+TRITON = REPO / "triton"
+export_model = import_script(TRITON / "export_model.py")  # runs in this environment too
+SQUAD_FILE = REPO / "tests" / "fixtures" / "squad" / "tiny-v1.1.json"
+VENV = Path(os.environ.get("TRITON_VENV", TRITON / ".venv"))
+PARITY_ATOL = 1e-4
+SERVER_START_TIMEOUT = 60
+# Several windows per question (max_batch_size 2 below makes them several requests), and an
+# n-best list whose probabilities are not near ties for the tiny random model.
+WINDOW_ARGS = ["--max_seq_length", "48", "--doc_stride", "16", "--max_query_length", "12",
+               "--n_best_size", "5", "--do_lower_case"]
+
+
+def deployment_python():
+    """The deployment environment's python, or a skip (a failure under CI) saying why not."""
+    python = VENV / "bin" / "python"
+    if not python.is_file():
+        reason = f"deployment environment {VENV} absent: run bash triton/setup_env.sh"
+        if os.environ.get("CI"):
+            pytest.fail(reason)
+        pytest.skip(reason)
+    return str(python)
+
+
+def run_deployment(*args, check=True):
+    """Runs a triton/ script with the deployment python; returns the CompletedProcess."""
+    result = subprocess.run([deployment_python(), *map(str, args)], cwd=REPO,
+                            capture_output=True, text=True, timeout=300)
+    if check and result.returncode != 0:
+        pytest.fail(f"{' '.join(map(str, args))} failed:\n{result.stdout}\n{result.stderr}")
+    return result
+
+
+@pytest.fixture(scope="module")
+def tiny_models(tmp_path_factory):
+    """Random tiny question-answering and 3-label classification models, saved as
+    {'model': state_dict}, with a vocabulary covering the SQuAD fixture's words."""
+    folder = tmp_path_factory.mktemp("triton_models")
+    text = SQUAD_FILE.read_text()
+    vocab = write_vocab(folder / "vocab.txt", text + text)
+    config = BertConfig(vocab_size=len(vocab.read_text().split()), hidden_size=32,
+                        num_hidden_layers=2, num_attention_heads=4, intermediate_size=37,
+                        max_position_embeddings=64)
+    config.to_json_file(folder / "config.json")
+    torch.manual_seed(0)
+    qa = BertForQuestionAnswering(config).eval()
+    classifier = BertForSequenceClassification(config, num_labels=3).eval()
+    torch.save({"model": qa.state_dict()}, folder / "qa.pt")
+    torch.save({"model": classifier.state_dict()}, folder / "classifier.pt")
+    return {"folder": folder, "config": folder / "config.json", "vocab": vocab,
+            "qa": qa, "classifier": classifier}
+
+
+def export(tiny_models, output_dir, task, checkpoint, *extra):
+    return run_deployment(
+        TRITON / "export_model.py", "--task", task, "--init_checkpoint", checkpoint,
+        "--config_file", tiny_models["config"], "--vocab_file", tiny_models["vocab"],
+        "--output_dir", output_dir, "--max_seq_length", 32, "--batch_size", 2,
+        "--atol", PARITY_ATOL, *extra)
+
+
+@pytest.fixture(scope="module")
+def qa_export(tiny_models, tmp_path_factory):
+    output_dir = tmp_path_factory.mktemp("qa_export")
+    result = export(tiny_models, output_dir, "squad", tiny_models["folder"] / "qa.pt")
+    return output_dir, result.stdout
+
+
+def reported_diffs(stdout):
+    """{(format, output name): max abs diff} from export_model.py's report."""
+    return {(fmt, name): float(diff) for fmt, name, diff in
+            re.findall(r"^(\w+): (output__\d) \(\w+\) max abs diff (\S+)", stdout, re.M)}
+
+
+# ----------------------------------------------------------------------------- export
+
+def test_qa_exports_match_pytorch_and_name_tensors_as_nvidia(qa_export, tiny_models):
+    output_dir, stdout = qa_export
+    diffs = reported_diffs(stdout)
+    assert set(diffs) == {(fmt, name) for fmt in ("onnx", "torchscript")
+                          for name in ("output__0", "output__1")}
+    assert all(diff <= PARITY_ATOL for diff in diffs.values()), diffs
+    # One self-contained ONNX file: no external weight files beside it.
+    assert sorted(p.name for p in output_dir.iterdir()) == [
+        "config.json", "model.onnx", "model.pt", "signature.json", "vocab.txt"]
+    signature = json.loads((output_dir / "signature.json").read_text())
+    assert [(t["name"], t["field"], t["data_type"]) for t in signature["inputs"]] == [
+        ("input__0", "input_ids", "TYPE_INT64"), ("input__1", "segment_ids", "TYPE_INT64"),
+        ("input__2", "input_mask", "TYPE_INT64")]
+    assert [(t["name"], t["field"], t["dims"]) for t in signature["outputs"]] == [
+        ("output__0", "start_logits", [-1]), ("output__1", "end_logits", [-1])]
+
+
+def test_torchscript_export_matches_eager_in_the_main_environment(qa_export, tiny_models):
+    """Checked again here, outside the exporting process, at a batch size and length the
+    export never saw."""
+    output_dir, _ = qa_export
+    traced = torch.jit.load(str(output_dir / "model.pt"))
+    inputs = export_model.random_inputs(tiny_models["qa"].config.vocab_size, batch=5, seq=19,
+                                        dtype=torch.int64, seed=7)
+    with torch.no_grad():
+        expected = tiny_models["qa"](*inputs)
+        found = traced(*inputs)
+    for want, got in zip(expected, found):
+        torch.testing.assert_close(got, want, atol=PARITY_ATOL, rtol=0)
+
+
+def test_classification_export_with_int32_inputs(tiny_models, tmp_path):
+    result = export(tiny_models, tmp_path, "classification",
+                    tiny_models["folder"] / "classifier.pt", "--num_labels", 3,
+                    "--input_dtype", "int32")
+    diffs = reported_diffs(result.stdout)
+    assert set(diffs) == {("onnx", "output__0"), ("torchscript", "output__0")}
+    assert all(diff <= PARITY_ATOL for diff in diffs.values()), diffs
+    signature = json.loads((tmp_path / "signature.json").read_text())
+    assert {t["data_type"] for t in signature["inputs"]} == {"TYPE_INT32"}
+    assert signature["outputs"] == [{"name": "output__0", "field": "logits",
+                                     "data_type": "TYPE_FP32", "dims": [3]}]
+
+
+def test_export_check_fails_when_the_export_differs(tiny_models, tmp_path):
+    model = tiny_models["qa"]
+    example = export_model.random_inputs(model.config.vocab_size, 2, 16, torch.int64, seed=0)
+    export_model.export_torchscript(export_model.TritonSignature(model).eval(), example,
+                                    tmp_path / "model.pt")
+    other = BertForQuestionAnswering(model.config).eval()  # other random weights
+    with pytest.raises(AssertionError, match="does not match PyTorch within --atol"):
+        export_model.check_export("torchscript", tmp_path / "model.pt",
+                                  export_model.TritonSignature(other), example, "squad",
+                                  PARITY_ATOL, "cpu")
+
+
+# ----------------------------------------------------------------------------- configs
+
+@pytest.mark.parametrize("backend, header, files, kind", [
+    ("onnxruntime", 'platform: "onnxruntime_onnx"', ["model.onnx"], "KIND_GPU"),
+    ("pytorch", 'platform: "pytorch_libtorch"', ["model.pt"], "KIND_GPU"),
+    ("python", 'backend: "python"', ["model.onnx", "model.py"], "KIND_CPU"),
+])
+def test_deployer_writes_a_valid_model_for_each_backend(qa_export, tmp_path, backend,
+                                                        header, files, kind):
+    export_dir, _ = qa_export
+    run_deployment(TRITON / "deployer.py", "--export_dir", export_dir, "--model_repository",
+                   tmp_path, "--model_name", "bert_qa", "--backend", backend,
+                   "--max_batch_size", 8)
+    model_dir = tmp_path / "bert_qa"
+    assert sorted(p.name for p in (model_dir / "1").iterdir()) == files
+    config = (model_dir / "config.pbtxt").read_text()
+    for line in (header, "max_batch_size: 8", 'name: "input__2"', "data_type: TYPE_INT64",
+                 'name: "output__1"', "preferred_batch_size: [ 4, 8 ]",
+                 "max_queue_delay_microseconds: 100", f"kind: {kind}"):
+        assert line in config, line
+    assert "valid" in run_deployment(TRITON / "deployer.py", "--check", model_dir).stdout
+
+
+@pytest.mark.parametrize("typo, correct, message", [
+    ("max_batch_sise: 8", "max_batch_size: 8",
+     'no field named "max_batch_sise". Did you mean max_batch_size?'),
+    ("kind: KIND_CPUU", "kind: KIND_CPU", "no value named KIND_CPUU. Did you mean KIND_CPU"),
+    ("data_type: TYPE_INT46", "data_type: TYPE_INT64",
+     "no value named TYPE_INT46. Did you mean TYPE_INT64"),
+    ("preferred_batch_size: [ 4, 16 ]", "preferred_batch_size: [ 4, 8 ]",
+     r"preferred_batch_size \[16\] outside 1..8"),
+    ('name: "bert"', 'name: "bert_qa"', 'differs from its directory "bert_qa"'),
+])
+def test_config_mistakes_are_rejected_with_the_line_and_the_fix(qa_export, tmp_path, typo,
+                                                                correct, message):
+    export_dir, _ = qa_export
+    run_deployment(TRITON / "deployer.py", "--export_dir", export_dir, "--model_repository",
+                   tmp_path, "--model_name", "bert_qa", "--backend", "python")
+    config_path = tmp_path / "bert_qa" / "config.pbtxt"
+    config_path.write_text(config_path.read_text().replace(correct, typo, 1))
+    result = run_deployment(TRITON / "deployer.py", "--check", config_path, check=False)
+    assert result.returncode != 0
+    assert re.search(message, result.stderr), result.stderr
+    assert str(config_path) in result.stderr
+
+
+# ----------------------------------------------------------------------------- server
+
+def free_port():
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def processes_mentioning(text):
+    """Process ids whose command line contains `text`."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            if entry.name.isdigit() and text.encode() in (entry / "cmdline").read_bytes():
+                found.append(int(entry.name))
+        except OSError:  # ended while we looked
+            continue
+    return found
+
+
+def wait_until_ready(server, http_port, log_path):
+    deadline = time.monotonic() + SERVER_START_TIMEOUT
+    while time.monotonic() < deadline:
+        if server.poll() is not None:
+            pytest.fail(f"the Triton server exited ({server.returncode}):\n"
+                        f"{log_path.read_text()[-3000:]}")
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{http_port}/v2/health/ready",
+                                        timeout=1) as response:
+                if response.status == 200:
+                    return
+        except (urllib.error.URLError, ConnectionError):
+            pass
+        time.sleep(0.2)
+    pytest.fail(f"the Triton server was not ready after {SERVER_START_TIMEOUT} s:\n"
+                f"{log_path.read_text()[-3000:]}")
+
+
+def stop(server):
+    """SIGTERM, as a backgrounded server ignores SIGINT; SIGKILL if it does not exit."""
+    if server.poll() is None:
+        server.send_signal(signal.SIGTERM)
+        try:
+            server.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait()
+    return server.returncode
+
+
+def long_context():
+    """A question about all the SQuAD fixture's contexts joined: several windows."""
+    articles = json.loads(SQUAD_FILE.read_text())["data"]
+    contexts = [p["context"] for a in articles for p in a["paragraphs"]]
+    question = articles[0]["paragraphs"][0]["qas"][0]["question"]
+    return question, " ".join(contexts)
+
+
+def test_triton_server_answers_like_inference_over_http_and_grpc(qa_export, tiny_models,
+                                                                  tmp_path, capsys):
+    export_dir, _ = qa_export
+    python = deployment_python()
+    repository = tmp_path / "repository"
+    # max_batch_size 2: the context's windows take several requests.
+    run_deployment(TRITON / "deployer.py", "--export_dir", export_dir, "--model_repository",
+                   repository, "--model_name", "bert_qa", "--backend", "python",
+                   "--max_batch_size", 2, "--intra_op_threads", 1)
+    unavailable = run_deployment(TRITON / "server.py", "--model_repository", repository,
+                                 "--print_only", check=False)
+    if unavailable.returncode != 0:
+        pytest.skip(f"the bundled Triton server cannot start here: {unavailable.stderr}")
+
+    question, context = long_context()
+    best, nbest = inference.main(inference.parse_args([
+        "--init_checkpoint", str(tiny_models["folder"] / "qa.pt"),
+        "--config_file", str(tiny_models["config"]), "--vocab_file", str(tiny_models["vocab"]),
+        "--question", question, "--context", context, *WINDOW_ARGS]))
+    printed = capsys.readouterr().out
+    assert best and printed.startswith(f"Answer: {best}\n")
+
+    http_port, grpc_port = free_port(), free_port()
+    log_path = tmp_path / "server.log"
+    with open(log_path, "w") as log:
+        server = subprocess.Popen(
+            [python, str(TRITON / "server.py"), "--model_repository", str(repository),
+             "--http_port", str(http_port), "--grpc_port", str(grpc_port)],
+            cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        wait_until_ready(server, http_port, log_path)
+        for protocol, port in (("http", http_port), ("grpc", grpc_port)):
+            answered = run_deployment(
+                TRITON / "run_squad_client.py", "--protocol", protocol,
+                "--url", f"127.0.0.1:{port}", "--model_name", "bert_qa",
+                "--vocab_file", export_dir / "vocab.txt", "--question", question,
+                "--context", context, *WINDOW_ARGS)
+            assert_same_answers(answered.stdout, printed, nbest, protocol)
+    finally:
+        returncode = stop(server)
+    assert returncode == 0, log_path.read_text()[-3000:]
+    assert processes_mentioning(str(repository)) == [], "server processes left behind"
+
+
+def assert_same_answers(client_output, inference_output, nbest, protocol):
+    """The client printed inference.py's answer line; its n-best list is inference's up to
+    float rounding of the logits."""
+    answer_line, nbest_json = client_output.split("\n", 1)
+    assert answer_line == inference_output.split("\n", 1)[0], protocol
+    found = json.loads(nbest_json)
+    assert [entry["text"] for entry in found] == [entry["text"] for entry in nbest], protocol
+    for got, want in zip(found, nbest):
+        assert got["start_logit"] == pytest.approx(want["start_logit"], abs=PARITY_ATOL)
+        assert got["end_logit"] == pytest.approx(want["end_logit"], abs=PARITY_ATOL)
+
+
+# ----------------------------------------------------------------------------- scripts
+
+@pytest.mark.parametrize("script", ["export_model.py", "deployer.py", "server.py",
+                                    "run_squad_client.py", "perf_client.py"])
+def test_triton_scripts_explain_their_arguments(script):
+    result = run_deployment(TRITON / script, "--help")
+    assert "usage:" in result.stdout and "--" in result.stdout
+
+
+@pytest.mark.parametrize("script", sorted(TRITON.glob("*.sh")), ids=lambda p: p.name)
+def test_triton_shell_scripts_parse(script):
+    subprocess.run(["bash", "-n", str(script)], check=True)
+    if shutil.which("shellcheck"):
+        result = subprocess.run(["shellcheck", "--severity=warning", str(script)],
+                                capture_output=True, text=True)
+        assert result.returncode == 0, result.stdout

@@ -1,0 +1,232 @@
+"""Exports a fine-tuned BERT (question answering or sequence classification) to ONNX and
+TorchScript for Triton, and checks each export against PyTorch on fresh random inputs.
+
+    python triton/export_model.py --task squad --init_checkpoint results/SQuAD/pytorch_model.bin \\
+        --config_file bert_configs/large.json --vocab_file vocab.txt \\
+        --output_dir results/triton_export --format onnx torchscript
+
+Run it with the deployment environment (triton/setup_env.sh builds triton/.venv): the ONNX
+exporter needs onnx and onnxscript, the check needs onnxruntime. The output directory gets
+model.onnx (one self-contained file, opset --opset), model.pt (TorchScript), config.json,
+vocab.txt and signature.json, which names every tensor for triton/deployer.py:
+
+    input__0  input_ids    (batch, seq)  int64 or int32 (--input_dtype)
+    input__1  segment_ids  (batch, seq)
+    input__2  input_mask   (batch, seq)
+    output__0 start_logits (batch, seq)  float32      [squad]
+    output__1 end_logits   (batch, seq)  float32      [squad]
+    output__0 logits       (batch, num_labels) float32 [classification]
+
+Batch and sequence axes are dynamic in both formats. The check runs every export on a batch
+whose size, length and padding differ from the example used to export it, and fails when
+the largest absolute difference from PyTorch exceeds --atol.
+
+Deliberate deviations from NVIDIA's triton/ export (model_navigator): one script writes
+both formats and the tensor signature, no navigator or TensorRT conversion, float32 only;
+TorchScript is traced (not scripted) on --device, where Triton's libtorch backend will run it.
+"""
+
+import argparse
+import contextlib
+import json
+import shutil
+import sys
+import warnings
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+import utils  # noqa: E402,F401 - first: hides this folder from `import triton` (see utils)
+import finetuning  # noqa: E402
+import model as modeling  # noqa: E402
+import torch  # noqa: E402
+
+INPUTS = [("input__0", "input_ids"), ("input__1", "segment_ids"), ("input__2", "input_mask")]
+OUTPUTS = {"squad": [("output__0", "start_logits"), ("output__1", "end_logits")],
+           "classification": [("output__0", "logits")]}
+TRITON_TYPES = {torch.int32: "TYPE_INT32", torch.int64: "TYPE_INT64",
+                torch.float32: "TYPE_FP32"}
+FILE_NAMES = {"onnx": "model.onnx", "torchscript": "model.pt"}
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--task", choices=sorted(OUTPUTS), default="squad")
+    parser.add_argument("--init_checkpoint", required=True,
+                        help="the fine-tuned model: ours, NVIDIA's or a Hugging Face directory")
+    parser.add_argument("--config_file", default=None, help="BERT config JSON")
+    parser.add_argument("--vocab_file", default=None,
+                        help="WordPiece vocabulary, copied beside the model for the clients")
+    parser.add_argument("--num_labels", type=int, default=2, help="classification only")
+    parser.add_argument("--output_dir", required=True)
+    parser.add_argument("--format", nargs="+", choices=sorted(FILE_NAMES),
+                        default=["onnx", "torchscript"])
+    parser.add_argument("--input_dtype", choices=["int32", "int64"], default="int64",
+                        help="dtype of the three inputs (NVIDIA's TensorRT models take int32)")
+    parser.add_argument("--max_seq_length", type=int, default=384,
+                        help="sequence length of the example the export traces")
+    parser.add_argument("--batch_size", type=int, default=8,
+                        help="batch size of the example the export traces")
+    parser.add_argument("--opset", type=int, default=18, help="ONNX opset")
+    parser.add_argument("--device", default="cpu",
+                        help="device to trace TorchScript on: the one Triton serves it on")
+    parser.add_argument("--atol", type=float, default=1e-3,
+                        help="largest absolute difference from PyTorch accepted")
+    parser.add_argument("--seed", type=int, default=1)
+    return parser.parse_args(argv)
+
+
+class TritonSignature(torch.nn.Module):
+    """Positional (input_ids, segment_ids, input_mask) in --input_dtype -> a tuple of
+    float32 outputs: the calling convention of NVIDIA's Triton models."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids, segment_ids, input_mask):
+        outputs = self.model(input_ids.long(), segment_ids.long(), input_mask.long())
+        return tuple(outputs) if isinstance(outputs, (tuple, list)) else (outputs,)
+
+
+@contextlib.contextmanager
+def static_graph():
+    """model.py packs the real tokens of a mostly padded batch: a branch on the data that
+    torch.export cannot follow and torch.jit.trace would freeze. Exports run without it
+    (the outputs are the same; tests/test_model.py checks that)."""
+    saved = modeling.TokenLayout.PACK_BELOW
+    modeling.TokenLayout.PACK_BELOW = 0.0
+    try:
+        with warnings.catch_warnings():
+            # The packing test itself, now constant, is what the tracer warns about.
+            warnings.filterwarnings("ignore", category=torch.jit.TracerWarning, module="model")
+            yield
+    finally:
+        modeling.TokenLayout.PACK_BELOW = saved
+
+
+def random_inputs(vocab_size, batch, seq, dtype, seed, device="cpu"):
+    """(input_ids, segment_ids, input_mask): a question segment then a context segment,
+    each row padded after a different length (at least one row unpadded)."""
+    generator = torch.Generator().manual_seed(seed)
+    input_ids = torch.randint(1, vocab_size, (batch, seq), generator=generator)
+    lengths = torch.randint(2, seq + 1, (batch,), generator=generator)
+    lengths[0] = seq
+    positions = torch.arange(seq)[None, :]
+    input_mask = (positions < lengths[:, None]).long()
+    segment_ids = ((positions >= lengths[:, None] // 3) * input_mask).long()
+    tensors = (input_ids * input_mask, segment_ids, input_mask)
+    return tuple(t.to(dtype=dtype, device=device) for t in tensors)
+
+
+def export_onnx(wrapper, example, path, task, opset):
+    """One self-contained ONNX file with dynamic batch and sequence axes."""
+    batch, seq = torch.export.Dim("batch"), torch.export.Dim("seq")
+    with static_graph(), warnings.catch_warnings():
+        # The three inputs share both axes, which the exporter reports once per input.
+        warnings.filterwarnings("ignore", message="# The axis name")
+        torch.onnx.export(wrapper, example, str(path), dynamo=True, external_data=False,
+                          opset_version=opset, verbose=False,
+                          input_names=[name for name, _ in INPUTS],
+                          output_names=[name for name, _ in OUTPUTS[task]],
+                          dynamic_shapes=({0: batch, 1: seq},) * len(INPUTS))
+
+
+def export_torchscript(wrapper, example, path):
+    with static_graph(), torch.no_grad():
+        traced = torch.jit.trace(wrapper, example)
+    torch.jit.save(traced, str(path))
+
+
+def run_onnx(path, inputs):
+    import onnxruntime
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    feed = {name: tensor.cpu().numpy() for (name, _), tensor in zip(INPUTS, inputs)}
+    return [torch.from_numpy(array) for array in session.run(None, feed)]
+
+
+def run_torchscript(path, inputs, device):
+    loaded = torch.jit.load(str(path), map_location=device)
+    with torch.no_grad():
+        return [t.cpu() for t in loaded(*inputs)]
+
+
+def check_export(fmt, path, wrapper, inputs, task, atol, device):
+    """Prints the max abs difference of every output from PyTorch; raises past atol."""
+    with torch.no_grad():
+        expected = [t.cpu() for t in wrapper(*inputs)]
+    found = run_onnx(path, inputs) if fmt == "onnx" else run_torchscript(path, inputs, device)
+    failures = []
+    for (name, field), want, got in zip(OUTPUTS[task], expected, found):
+        if got.shape != want.shape:
+            raise AssertionError(f"{path}: {name} ({field}) has shape {tuple(got.shape)}, "
+                                 f"PyTorch gives {tuple(want.shape)}")
+        diff = (got.float() - want.float()).abs().max().item()
+        print(f"{fmt}: {name} ({field}) max abs diff {diff:.3e} "
+              f"on inputs {tuple(inputs[0].shape)} (atol {atol:g})")
+        if not diff <= atol:
+            failures.append(f"{name} ({field}) differs by {diff:.3e}")
+    if failures:
+        raise AssertionError(f"{path} does not match PyTorch within --atol {atol:g}: "
+                             + "; ".join(failures))
+
+
+def signature(task, input_dtype, model_config, num_labels):
+    """What triton/deployer.py needs to write config.pbtxt: names, Triton dtypes, dims
+    without the batch axis (-1: dynamic)."""
+    output_dims = [-1] if task == "squad" else [num_labels]
+    return {
+        "task": task,
+        "vocab_size": model_config.vocab_size,
+        "max_position_embeddings": model_config.max_position_embeddings,
+        "inputs": [{"name": name, "field": field, "data_type": TRITON_TYPES[input_dtype],
+                    "dims": [-1]} for name, field in INPUTS],
+        "outputs": [{"name": name, "field": field, "data_type": "TYPE_FP32",
+                     "dims": output_dims} for name, field in OUTPUTS[task]],
+        "files": {},
+    }
+
+
+def load_task_model(args, device):
+    if args.task == "squad":
+        return finetuning.load_model(modeling.BertForQuestionAnswering, args, device)
+    return finetuning.load_model(modeling.BertForSequenceClassification, args, device,
+                                 num_labels=args.num_labels)
+
+
+def main(args):
+    utils.setup_logging()
+    finetuning.resolve_model_files(args)
+    device = torch.device(args.device)
+    model = load_task_model(args, device).eval()
+    wrapper = TritonSignature(model).eval()
+    input_dtype = getattr(torch, args.input_dtype)
+    # At least 2 along each axis: torch.export specialises an axis of size 1 to a constant.
+    example = random_inputs(model.config.vocab_size, max(args.batch_size, 2),
+                            max(args.max_seq_length, 2), input_dtype, args.seed, device)
+    # Another size, length and padding than the example: the dynamic axes are exercised.
+    fresh = random_inputs(model.config.vocab_size, args.batch_size + 1,
+                          max(args.max_seq_length - 5, 2), input_dtype, args.seed + 1, device)
+
+    output_dir = Path(args.output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    described = signature(args.task, input_dtype, model.config, args.num_labels)
+    for fmt in args.format:
+        path = output_dir / FILE_NAMES[fmt]
+        if fmt == "onnx":
+            export_onnx(wrapper, example, path, args.task, args.opset)
+        else:
+            export_torchscript(wrapper, example, path)
+        check_export(fmt, path, wrapper, fresh, args.task, args.atol, device)
+        described["files"][fmt] = path.name
+    model.config.to_json_file(output_dir / "config.json")
+    shutil.copyfile(args.vocab_file, output_dir / "vocab.txt")
+    utils.atomic_write_text(output_dir / "signature.json", json.dumps(described, indent=2) + "\n")
+    print(f"exported {', '.join(args.format)} to {output_dir}")
+    return described
+
+
+if __name__ == "__main__":
+    main(parse_args())

@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# Starts Triton on a model repository written by triton/deployer.py: the tritonserver
+# container when a Docker engine answers (GPU models: --backend onnxruntime or pytorch),
+# otherwise the CPU server bundled in nvidia-pytriton (triton/server.py, in the deployment
+# environment; models built with --backend python). Runs in the foreground; stop it with
+# Ctrl-C, or SIGTERM to its process id when started in the background.
+#
+# Positional arguments, in order (default):
+#  1 model_repository (results/triton_models)
+#  2 http_port (8000)
+#  3 grpc_port (8001)
+#  4 metrics_port (8002)        0: none (the bundled server only)
+# Environment: TRITON_IMAGE (nvcr.io/nvidia/tritonserver:24.10-py3, Triton 2.51 as the
+# bundled server), TRITON_GPUS (all; "none" runs the container without GPUs), TRITON_HOST
+# (127.0.0.1: the address served, or the container's ports are published on),
+# TRITON_VENV (triton/.venv).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+model_repository=$(realpath "${1:-results/triton_models}")
+http_port=${2:-8000}
+grpc_port=${3:-8001}
+metrics_port=${4:-8002}
+image=${TRITON_IMAGE:-nvcr.io/nvidia/tritonserver:24.10-py3}
+gpus=${TRITON_GPUS:-all}
+host=${TRITON_HOST:-127.0.0.1}
+venv=${TRITON_VENV:-triton/.venv}
+
+if command -v docker >/dev/null && docker info >/dev/null 2>&1; then
+  gpu_flags=()
+  [ "$gpus" = none ] || gpu_flags=(--gpus "$gpus")
+  cmd=(docker run --rm "${gpu_flags[@]}" --shm-size=1g --ulimit memlock=-1
+       -p "$host:$http_port:8000" -p "$host:$grpc_port:8001" -p "$host:$metrics_port:8002"
+       -v "$model_repository:/models:ro" "$image"
+       tritonserver --model-repository=/models --exit-timeout-secs=10)
+else
+  cmd=("$venv/bin/python" triton/server.py --model_repository "$model_repository"
+       --host "$host" --http_port "$http_port" --grpc_port "$grpc_port"
+       --metrics_port "$metrics_port")
+fi
+echo "${cmd[@]}"
+exec "${cmd[@]}"
