@@ -30,6 +30,7 @@ from torch.utils.data import (
 import utils
 from model import BertConfig, export_huggingface, load_checkpoint
 from optimization import linear_warmup_schedule, make_adamw, param_groups
+from tokenization import lower_case_for_model
 from utils import logger
 
 MAX_GRAD_NORM = 1.0
@@ -79,7 +80,6 @@ def resolve_model_files(args):
 
 
 def do_lower_case(args):
-    from tokenization import lower_case_for_model
     if args.do_lower_case is not None:
         return args.do_lower_case
     return lower_case_for_model(args.bert_model) is not False
