@@ -17,8 +17,13 @@ Deliberate deviations from NVIDIA's loader:
 - LDDL shards resume at epoch granularity (as NVIDIA's LDDL path does).
 """
 
+import ctypes
 import logging
+import multiprocessing
+import os
 import re
+import signal
+import sys
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -95,7 +100,8 @@ class PretrainingBatches:
         self.micro_batch, self.rank, self.world_size = micro_batch, rank, world_size
         self.seed, self.max_pred_length = seed, max_pred_length
         self.position = position or Position()
-        self.pool = ProcessPoolExecutor(1)
+        self.pool = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("fork"),
+                                        initializer=follow_rank, initargs=(os.getpid(),))
         self.prefetched = None
 
     def file_order(self, epoch):
@@ -135,6 +141,19 @@ class PretrainingBatches:
 
     def close(self):
         self.pool.shutdown(wait=False, cancel_futures=True)
+
+
+def follow_rank(rank_pid):
+    """Initializer of the background reader, forked from its rank: it leaves the signals
+    the rank handles to the rank (Slurm sends TERM/USR1 to every process of a job step), and
+    dies with the rank (Linux PR_SET_PDEATHSIG) instead of living on as an orphan that holds
+    the job's output open when the rank is killed."""
+    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1):
+        signal.signal(signum, signal.SIG_IGN)
+    if sys.platform.startswith("linux"):
+        ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG
+    if os.getppid() != rank_pid:  # the rank was gone before prctl
+        os._exit(1)
 
 
 def to_batch(arrays):

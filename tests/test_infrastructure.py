@@ -11,6 +11,7 @@ import yaml
 from conftest import REPO
 
 SHELL_SCRIPTS = sorted([*REPO.glob("scripts/*.sh"), *REPO.glob("data/**/*.sh"),
+                        *REPO.glob("tests/slurm/*.sh"), *REPO.glob("triton/*.sh"),
                         REPO / "run.sub", REPO / ".ci" / "run"])
 ENTRY_SCRIPTS = ["create_pretraining_data.py", "run_pretraining.py", "run_squad.py",
                  "run_glue.py", "inference.py", "data/bertPrep.py"]
