@@ -314,8 +314,11 @@ def choose_masked_positions(input_ids, input_mask, options, special_ids, is_subw
         word_start = np.maximum.accumulate(np.where(starts, np.arange(seq), 0), axis=1)
         keys = np.take_along_axis(keys, word_start, axis=1)
     keys[~candidate] = np.inf
-    position = np.broadcast_to(np.arange(seq), keys.shape)
-    order = np.lexsort((position, keys), axis=1)[:, :budget]
+    if options.whole_word_masking:  # the pieces of a word share a key: keep them in order
+        position = np.broadcast_to(np.arange(seq), keys.shape)
+        order = np.lexsort((position, keys), axis=1)[:, :budget]
+    else:
+        order = np.argsort(keys, axis=1)[:, :budget]
     taken = np.arange(order.shape[1])[None, :] < num_to_predict[:, None]
     taken &= np.isfinite(np.take_along_axis(keys, order, axis=1))
     if options.whole_word_masking:
