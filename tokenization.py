@@ -361,6 +361,12 @@ class FullTokenizer:
         self._fast = _build_fast_tokenizer(self.vocab, do_lower_case, registered)
         self._guard = _FastPathGuard(self._tokenize_pure, self._tokenize_fast,
                                      never_split, self.vocab, do_lower_case)
+        # Printable ASCII needs nothing of BertNormalizer but lower-casing, which Python's
+        # str.lower does faster: such texts skip the normalizer (~40% of tokenizers' time).
+        self._fast_ascii = None
+        if do_lower_case:
+            self._fast_ascii = _build_fast_tokenizer(self.vocab, False, registered)
+            self._fast_ascii.normalizer = None
 
     def tokenize(self, text):
         """WordPiece tokens of `text` (no [CLS]/[SEP] added)."""
@@ -374,17 +380,26 @@ class FullTokenizer:
         if self._fast is None:
             return [self.convert_tokens_to_ids(self._tokenize_pure(text)) for text in texts]
         ids = [None] * len(texts)
-        fast_indices = []
+        fast_indices, ascii_indices = [], []
         for index, text in enumerate(texts):
             if self._guard.needs_pure_path(text):
                 ids[index] = self.convert_tokens_to_ids(self._tokenize_pure(text))
+            elif self._takes_ascii_path(text):
+                ascii_indices.append(index)
             else:
                 fast_indices.append(index)
-        encodings = self._fast.encode_batch_fast([texts[index] for index in fast_indices],
-                                                 add_special_tokens=False)
-        for index, encoding in zip(fast_indices, encodings):
-            ids[index] = encoding.ids
+        for tokenizer, indices, prepare in ((self._fast, fast_indices, str),
+                                            (self._fast_ascii, ascii_indices, str.lower)):
+            encodings = tokenizer.encode_batch_fast([prepare(texts[i]) for i in indices],
+                                                    add_special_tokens=False) if indices else []
+            for index, encoding in zip(indices, encodings):
+                ids[index] = encoding.ids
         return ids
+
+    def _takes_ascii_path(self, text):
+        """Printable ASCII without "[" (lower-casing must not touch a special token)."""
+        return (self._fast_ascii is not None and text.isascii() and text.isprintable()
+                and "[" not in text)
 
     def _tokenize_fast(self, text):
         return self._fast.encode(text, add_special_tokens=False).tokens
