@@ -58,7 +58,7 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--corpus", default=str(CORPUS))
     parser.add_argument("--vocab_file", default=None, help="default: the MiniLM package's")
-    parser.add_argument("--shard_size_mb", type=float, default=2.0,
+    parser.add_argument("--shard_size_mb", type=float, default=1.0,
                         help="shards per worker: small enough that every core gets work")
     args = parser.parse_args(argv)
     cores = len(os.sched_getaffinity(0))
