@@ -25,16 +25,11 @@ from model import BertForQuestionAnswering
 from tokenization import FullTokenizer
 
 
-def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+def add_question_args(parser):
+    """The question, its context, and how they are windowed and decoded; shared with
+    triton/run_squad_client.py, which sends the same windows to a Triton server."""
     parser.add_argument("--bert_model", default="bert-large-uncased",
                         help="model name: selects lower-casing when --do_lower_case is not given")
-    parser.add_argument("--init_checkpoint", required=True,
-                        help="a fine-tuned question-answering model: ours, NVIDIA's or a "
-                             "Hugging Face directory")
-    parser.add_argument("--config_file", default=None, help="BERT config JSON")
-    parser.add_argument("--vocab_file", default=None, help="WordPiece vocabulary")
     parser.add_argument("--do_lower_case", action=argparse.BooleanOptionalAction, default=None)
     parser.add_argument("--question", required=True)
     context = parser.add_mutually_exclusive_group(required=True)
@@ -49,6 +44,17 @@ def parse_args(argv=None):
     parser.add_argument("--version_2_with_negative", action="store_true",
                         help="the model may answer that there is no answer")
     parser.add_argument("--null_score_diff_threshold", type=float, default=-11.0)
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--init_checkpoint", required=True,
+                        help="a fine-tuned question-answering model: ours, NVIDIA's or a "
+                             "Hugging Face directory")
+    parser.add_argument("--config_file", default=None, help="BERT config JSON")
+    parser.add_argument("--vocab_file", default=None, help="WordPiece vocabulary")
+    add_question_args(parser)
     parser.add_argument("--fp16", action="store_true", help="run in float16 (GPU)")
     parser.add_argument("--bf16", action="store_true", help="run in bfloat16")
     parser.add_argument("--no_cuda", action="store_true", help="use the CPU even with a GPU")

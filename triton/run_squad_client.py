@@ -44,21 +44,7 @@ def parse_args(argv=None):
     parser.add_argument("--model_version", default="", help="empty: the server's choice")
     parser.add_argument("--vocab_file", required=True,
                         help="the model's WordPiece vocabulary (export_model.py copies it)")
-    parser.add_argument("--bert_model", default="bert-large-uncased",
-                        help="model name: selects lower-casing when --do_lower_case is not given")
-    parser.add_argument("--do_lower_case", action=argparse.BooleanOptionalAction, default=None)
-    parser.add_argument("--question", required=True)
-    context = parser.add_mutually_exclusive_group(required=True)
-    context.add_argument("--context", help="the text that holds the answer")
-    context.add_argument("--context_file", help="a UTF-8 text file that holds the answer")
-    parser.add_argument("--max_seq_length", type=int, default=384)
-    parser.add_argument("--doc_stride", type=int, default=128)
-    parser.add_argument("--max_query_length", type=int, default=64)
-    parser.add_argument("--n_best_size", type=int, default=1,
-                        help="> 1: also print that many answers with probabilities")
-    parser.add_argument("--max_answer_length", type=int, default=30)
-    parser.add_argument("--version_2_with_negative", action="store_true")
-    parser.add_argument("--null_score_diff_threshold", type=float, default=-11.0)
+    inference.add_question_args(parser)
     # inference.answer reads the precision from these; the served model has its own.
     parser.set_defaults(fp16=False, bf16=False)
     args = parser.parse_args(argv)
