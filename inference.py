@@ -90,6 +90,13 @@ def answer(model, tokenizer, question, context, args, device):
     return predictions[qas_id], nbest[qas_id]
 
 
+def print_answer(best, nbest, n_best_size):
+    """The answer line (the Triton client prints the same), and the n-best list if asked."""
+    print(f"Answer: {best}" if best else "Answer: (no answer)")
+    if n_best_size > 1:
+        print(json.dumps(nbest, indent=2))
+
+
 def main(args):
     utils.setup_logging()
     context = read_context(args)
@@ -98,9 +105,7 @@ def main(args):
     tokenizer = FullTokenizer(args.vocab_file, finetuning.do_lower_case(args))
     model = finetuning.load_model(BertForQuestionAnswering, args, device).eval()
     best, nbest = answer(model, tokenizer, args.question, context, args, device)
-    print(f"Answer: {best}" if best else "Answer: (no answer)")
-    if args.n_best_size > 1:
-        print(json.dumps(nbest, indent=2))
+    print_answer(best, nbest, args.n_best_size)
     return best, nbest
 
 

@@ -16,7 +16,6 @@ Deliberate deviations from NVIDIA's run_squad_client.py: one question from the c
 """
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -115,9 +114,7 @@ def main(args):
                                        torch.device("cpu"))
     finally:
         model.close()
-    print(f"Answer: {best}" if best else "Answer: (no answer)")
-    if args.n_best_size > 1:
-        print(json.dumps(nbest, indent=2))
+    inference.print_answer(best, nbest, args.n_best_size)
     return best, nbest
 
 
