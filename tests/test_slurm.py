@@ -289,7 +289,11 @@ def test_interrupted_job_requeues_and_ends_as_if_uninterrupted(
     # Slurm holds a requeued job back for two minutes (Reason=BeginTime), time for its first
     # run to be cleaned up; start it once the node is idle instead (a start while the node
     # still completes the first run fails the job), after the urgent job where there is one.
+    # slurmd revoked the first run's credential when it ended, with a time stamp in whole
+    # seconds, and refuses a launch whose credential is from that same second ("Job credential
+    # revoked"): the early start waits two seconds more.
     cluster.wait_until_idle(waiting=[job_id])
+    time.sleep(2)
     cluster.run("scontrol", "update", f"JobId={job_id}", "StartTime=now")
     assert_completed(cluster, job_id, tmp_path)
 
