@@ -52,6 +52,7 @@ def parse_args(argv=None):
     parser.add_argument("--max_seq_length", type=int, default=64)
     parser.add_argument("--batch_size", type=int, default=32)
     parser.add_argument("--learning_rate", type=float, default=1e-4)
+    parser.add_argument("--warmup_proportion", type=float, default=0.1)
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--implementations", nargs="+", default=["ours", "transformers"],
                         choices=["ours", "transformers"])
@@ -75,7 +76,7 @@ def run(implementation, train_set, dev_tensors, options, weights, num_labels):
         model = TransformersAdapter(weights, num_labels)
     args = argparse.Namespace(
         train_batch_size=options.batch_size, gradient_accumulation_steps=1,
-        learning_rate=options.learning_rate, warmup_proportion=0.1,
+        learning_rate=options.learning_rate, warmup_proportion=options.warmup_proportion,
         num_train_epochs=options.epochs, max_steps=-1, seed=options.seed, fp16=False,
         bf16=False, loss_scale=0.0, log_freq=50, disable_progress_bar=True)
     distributed = utils.Distributed(0, 0, 1, torch.device("cpu"))
