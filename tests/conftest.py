@@ -2,11 +2,13 @@
 
 import collections
 import importlib.util
+import json
 from pathlib import Path
 
 import pytest
 import torch
 
+import create_pretraining_data as cpd
 from model import BertConfig
 from tokenization import BasicTokenizer
 
@@ -31,6 +33,28 @@ def sample_documents(count, lines_per_document=60):
     """The first lines of the first `count` documents of the shipped sample text."""
     documents = SAMPLE.read_text(encoding="utf-8").split("\n\n")[:count]
     return "\n\n".join("\n".join(d.split("\n")[:lines_per_document]) for d in documents) + "\n"
+
+
+def write_pretraining_inputs(folder, shapes):
+    """The sample text (6 documents x 40 lines), a vocabulary of it, a tiny config.json over
+    that vocabulary, and for each `name: (max_seq_length, max_predictions_per_seq)` in `shapes`
+    small HDF5 shards (several of them) in folder/name. Returns (vocab, config) paths."""
+    text = sample_documents(6, lines_per_document=40)
+    (folder / "text.txt").write_text(text, encoding="utf-8")
+    vocab = write_vocab(folder / "vocab.txt", text)
+    for name, (seq, predictions) in shapes.items():
+        cpd.main(cpd.parse_args([
+            "--input_file", str(folder / "text.txt"),
+            "--output_file", str(folder / name / "part.hdf5"),
+            "--vocab_file", str(vocab), "--max_seq_length", str(seq),
+            "--max_predictions_per_seq", str(predictions), "--dupe_factor", "2",
+            "--shard_size_mb", "0.015", "--num_workers", "1", "--disable_progress_bar"]))
+    config = folder / "config.json"
+    config.write_text(json.dumps({
+        "vocab_size": len(vocab.read_text().split("\n")) - 1, "hidden_size": 32,
+        "num_hidden_layers": 2, "num_attention_heads": 4, "intermediate_size": 37,
+        "max_position_embeddings": 64}))
+    return vocab, config
 
 
 def tiny_config(**overrides):

@@ -5,16 +5,14 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 import h5py
 import numpy as np
 import pytest
 import torch
 
-import create_pretraining_data as cpd
 import run_pretraining
-from conftest import REPO, sample_documents, write_vocab
+from conftest import REPO, write_pretraining_inputs
 from pretraining_data import PretrainingBatches, read_shard
 
 SEQ, PREDICTIONS = 48, 8
@@ -24,19 +22,7 @@ SEQ, PREDICTIONS = 48, 8
 def shards(tmp_path_factory):
     """Two HDF5 shards of the sample text and the vocabulary they were made with."""
     folder = tmp_path_factory.mktemp("pretraining")
-    text = sample_documents(6, lines_per_document=40)
-    (folder / "text.txt").write_text(text, encoding="utf-8")
-    vocab = write_vocab(folder / "vocab.txt", text)
-    cpd.main(cpd.parse_args([
-        "--input_file", str(folder / "text.txt"), "--output_file", str(folder / "hdf5/part.hdf5"),
-        "--vocab_file", str(vocab), "--max_seq_length", str(SEQ),
-        "--max_predictions_per_seq", str(PREDICTIONS), "--dupe_factor", "2",
-        "--shard_size_mb", "0.015", "--num_workers", "1", "--disable_progress_bar"]))
-    vocab_size = len(vocab.read_text().split("\n")) - 1
-    config = folder / "config.json"
-    config.write_text(json.dumps({
-        "vocab_size": vocab_size, "hidden_size": 32, "num_hidden_layers": 2,
-        "num_attention_heads": 4, "intermediate_size": 37, "max_position_embeddings": 64}))
+    _, config = write_pretraining_inputs(folder, {"hdf5": (SEQ, PREDICTIONS)})
     return folder / "hdf5", config
 
 

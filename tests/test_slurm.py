@@ -25,8 +25,7 @@ from pathlib import Path
 
 import pytest
 
-import create_pretraining_data as cpd
-from conftest import REPO, sample_documents, write_vocab
+from conftest import REPO, write_pretraining_inputs
 
 MODE = os.environ.get("BERT_SLURM_TESTS", "")
 CLUSTER_SCRIPT = REPO / "tests" / "slurm" / "cluster.sh"
@@ -136,20 +135,7 @@ def cluster():
 def data(tmp_path_factory):
     """HDF5 shards of the sample text for both phases, the vocabulary and a tiny config."""
     folder = tmp_path_factory.mktemp("slurm_data")
-    text = sample_documents(6, lines_per_document=40)
-    (folder / "text.txt").write_text(text, encoding="utf-8")
-    vocab = write_vocab(folder / "vocab.txt", text)
-    for phase, (seq, predictions) in SHAPES.items():
-        cpd.main(cpd.parse_args([
-            "--input_file", str(folder / "text.txt"),
-            "--output_file", str(folder / f"phase{phase}" / "part.hdf5"),
-            "--vocab_file", str(vocab), "--max_seq_length", str(seq),
-            "--max_predictions_per_seq", str(predictions), "--dupe_factor", "2",
-            "--shard_size_mb", "0.015", "--num_workers", "1", "--disable_progress_bar"]))
-    (folder / "config.json").write_text(json.dumps({
-        "vocab_size": len(vocab.read_text().split("\n")) - 1, "hidden_size": 32,
-        "num_hidden_layers": 2, "num_attention_heads": 4, "intermediate_size": 37,
-        "max_position_embeddings": 64}))
+    write_pretraining_inputs(folder, {f"phase{phase}": shape for phase, shape in SHAPES.items()})
     return folder
 
 
