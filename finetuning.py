@@ -85,12 +85,24 @@ def do_lower_case(args):
     return lower_case_for_model(args.bert_model) is not False
 
 
-def load_model(model_class, args, device, **kwargs):
-    """A task model from the config, with --init_checkpoint's weights if given."""
+def load_model(model_class, args, device, will_train, **kwargs):
+    """A task model from the config, with --init_checkpoint's weights if given. A model
+    that will not be trained must come whole from the checkpoint: predicting with a
+    randomly initialised task head (a pre-training checkpoint) is an error, not a warning."""
     config = BertConfig.from_json_file(args.config_file)
     model = model_class(config, **kwargs)
-    if args.init_checkpoint:
-        load_checkpoint(model, args.init_checkpoint)
+    if not args.init_checkpoint:
+        if not will_train:
+            raise ValueError("--init_checkpoint is required to predict without training "
+                             "(the model would be random)")
+        logger.warning("no --init_checkpoint: fine-tuning starts from random weights")
+        return model.to(device)
+    missing, _ = load_checkpoint(model, args.init_checkpoint)
+    untrained_head = [key for key in missing if not key.startswith("bert.")]
+    if untrained_head and not will_train:
+        raise ValueError(f"--init_checkpoint {args.init_checkpoint} has no weights for the "
+                         f"{type(model).__name__} head ({', '.join(untrained_head)}): it is "
+                         "not fine-tuned for this task; fine-tune it first (--do_train)")
     return model.to(device)
 
 
@@ -117,10 +129,15 @@ def train(model, dataset, args, distributed, metrics):
         raise ValueError(f"--train_batch_size {args.train_batch_size} is not divisible by "
                          f"--gradient_accumulation_steps {accumulation}")
     micro_batch = args.train_batch_size // accumulation
+    if math.ceil(len(dataset) / micro_batch) < accumulation:
+        raise ValueError(f"the training set has {len(dataset)} examples, too few for one "
+                         f"optimizer step of --gradient_accumulation_steps {accumulation} "
+                         f"micro-batches of {micro_batch}: lower --train_batch_size or "
+                         "--gradient_accumulation_steps, or check the training file")
     sampler = (DistributedSampler(dataset, seed=args.seed) if distributed.enabled
                else RandomSampler(dataset, generator=torch.Generator().manual_seed(args.seed)))
     loader = DataLoader(dataset, sampler=sampler, batch_size=micro_batch, drop_last=False)
-    steps_per_epoch = max(len(loader) // accumulation, 1)
+    steps_per_epoch = len(loader) // accumulation
     total_steps = (int(args.max_steps) if args.max_steps > 0
                    else math.ceil(steps_per_epoch * args.num_train_epochs))
 
@@ -220,4 +237,4 @@ def named_dataset(tensors):
 
 
 def write_json(path, value):
-    utils.atomic_write_text(path, json.dumps(value, indent=2) + "\n")
+    utils.atomic_write_text(path, json.dumps(value, indent=2, allow_nan=False) + "\n")

@@ -103,7 +103,8 @@ def main(args):
     finetuning.resolve_model_files(args)
     device = torch.device("cuda" if torch.cuda.is_available() and not args.no_cuda else "cpu")
     tokenizer = FullTokenizer(args.vocab_file, finetuning.do_lower_case(args))
-    model = finetuning.load_model(BertForQuestionAnswering, args, device).eval()
+    model = finetuning.load_model(BertForQuestionAnswering, args, device,
+                                  will_train=False).eval()
     best, nbest = answer(model, tokenizer, args.question, context, args, device)
     print_answer(best, nbest, args.n_best_size)
     return best, nbest

@@ -33,9 +33,11 @@ def parse_args(argv=None):
     parser.add_argument("--max_seq_length", type=int, default=128)
     parser.add_argument("--do_train", action="store_true", help="fine-tune on train.tsv")
     parser.add_argument("--do_eval", action="store_true", help="score the dev set")
-    parser.add_argument("--do_predict", action="store_true", help="label test.tsv")
+    parser.add_argument("--do_predict", action="store_true",
+                        help="label test.tsv (--do_eval labels and scores the dev set)")
     parser.add_argument("--eval_batch_size", type=int, default=64)
     finetuning.add_finetuning_args(parser, learning_rate=5e-5, epochs=3.0, batch_size=32)
+    parser.set_defaults(seed=1)  # NVIDIA's run_glue.py default (run_squad.py's is 42)
     return parser.parse_args(argv)
 
 
@@ -98,7 +100,7 @@ def main(args):
                                  enabled=distributed.is_main)
     metrics.parameters(vars(args))
     model = finetuning.load_model(BertForSequenceClassification, args, distributed.device,
-                                  num_labels=processor.num_labels)
+                                  will_train=args.do_train, num_labels=processor.num_labels)
 
     results = {}
     if args.do_train:

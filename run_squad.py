@@ -19,6 +19,7 @@ running evaluate-v1.1.py). Training features are cached as tensors (not a pickle
 """
 
 import argparse
+import hashlib
 import json
 from pathlib import Path
 
@@ -70,16 +71,26 @@ def check_modes(args):
         raise ValueError("--do_predict and --do_eval need --predict_file")
     if args.do_eval and not args.do_predict and not args.predictions_file:
         raise ValueError("--do_eval without --do_predict needs --predictions_file")
+    if args.predictions_file and (args.do_train or args.do_predict or not args.do_eval):
+        raise ValueError("--predictions_file scores an existing file and goes with --do_eval "
+                         "alone; with --do_predict the predictions are written to "
+                         "<output_dir>/predictions.json and scored from there")
 
 
 # ----------------------------------------------------------------------------- training
 
 def cache_path(args):
+    """The feature cache's name holds every setting the features depend on: the windowing
+    flags, lower-casing, SQuAD 2.0 (which keeps the unanswerable questions) and a digest of
+    the vocabulary's content."""
     train_file = Path(args.train_file)
     folder = Path(args.cache_dir) if args.cache_dir else train_file.parent
     lower = int(finetuning.do_lower_case(args))
+    version = "v2" if args.version_2_with_negative else "v1"
+    vocab = hashlib.sha256(Path(args.vocab_file).read_bytes()).hexdigest()[:12]
     return folder / (f"{train_file.name}_{Path(args.bert_model).name}_{args.max_seq_length}_"
-                     f"{args.doc_stride}_{args.max_query_length}_{lower}.features.pt")
+                     f"{args.doc_stride}_{args.max_query_length}_{lower}_{version}_{vocab}"
+                     ".features.pt")
 
 
 def read_features(path, is_training, args, tokenizer):
@@ -133,21 +144,33 @@ def predict_answers(model, args, tokenizer, device):
 def score(args, predictions, null_odds):
     """The official scripts' metrics, printed as their one JSON line."""
     metrics = squad.evaluate(squad.load_squad_json(args.predict_file), predictions, null_odds,
-                             version_2=args.version_2_with_negative)
+                             version_2=args.version_2_with_negative, source=args.predict_file)
     print(json.dumps(metrics))
     return metrics
 
 
-def score_predictions_file(args):
-    """--do_eval --predictions_file: no model, just the scores of an existing file."""
+def read_json_object(path, values, what):
+    """A JSON file holding {question id: value of type `values`}, or an error naming it."""
     try:
-        predictions = json.loads(Path(args.predictions_file).read_text(encoding="utf-8"))
+        content = json.loads(Path(path).read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError) as e:
-        raise ValueError(f"--predictions_file {args.predictions_file}: {e}") from None
+        raise ValueError(f"{what} {path}: {e}") from None
+    if not isinstance(content, dict) or not all(isinstance(v, values) and not isinstance(v, bool)
+                                                for v in content.values()):
+        raise ValueError(f"{what} {path}: expected a JSON object of question id to "
+                         f"{values.__name__ if isinstance(values, type) else 'number'} "
+                         "(the official predictions format)")
+    return content
+
+
+def score_predictions_file(args):
+    """--do_eval --predictions_file: no model, just the scores of an existing file (and, for
+    SQuAD 2.0, of the null_odds.json beside it when there is one)."""
+    predictions = read_json_object(args.predictions_file, str, "--predictions_file")
     null_odds = None
     odds_file = Path(args.predictions_file).with_name("null_odds.json")
     if args.version_2_with_negative and odds_file.is_file():
-        null_odds = json.loads(odds_file.read_text(encoding="utf-8"))
+        null_odds = read_json_object(odds_file, (int, float), "null odds file")
     return score(args, predictions, null_odds)
 
 
@@ -164,7 +187,8 @@ def main(args):
     metrics = utils.MetricLogger(args.json_summary or f"{args.output_dir}/dllogger.json",
                                  enabled=distributed.is_main)
     metrics.parameters(vars(args))
-    model = finetuning.load_model(BertForQuestionAnswering, args, distributed.device)
+    model = finetuning.load_model(BertForQuestionAnswering, args, distributed.device,
+                                  will_train=args.do_train)
 
     results = {}
     if args.do_train:

@@ -29,8 +29,11 @@ Deliberate deviations from Google's and NVIDIA's run_squad.py:
   no longer force the fall-back to the whole original words.
 - An example with no valid span is answered "" (the original answers "empty"). In SQuAD 2.0
   the null answer uses the current question's null logits (the original reads a stale
-  variable), and a question with no valid non-null span is answered "" with null odds +inf
-  (the original crashes).
+  variable), and a question with no valid non-null span is answered "" with the null score
+  as its null odds (as if against an empty span of logit 0; the original crashes).
+- Spans are searched among the top max(n_best_size, 20) start and end positions, so
+  inference.py's --n_best_size 1 finds the answer that run_squad.py's 20 finds (NVIDIA's
+  inference.py searches only the single best start and end, often no valid span at all).
 - Evaluation runs in-process, as evaluate-v1.1.py and evaluate-v2.0.py compute it. A question
   without a prediction scores 0 in both versions (evaluate-v2.0.py leaves it out of `total`,
   or fails on a HasAns/NoAns subset).
@@ -56,6 +59,8 @@ from tokenization import BasicTokenizer
 logger = logging.getLogger("bert")
 
 FIRST_UNIQUE_ID = 1000000000
+# Fewest top start and end positions searched for spans, whatever the n-best size printed.
+MIN_SPAN_SEARCH = 20
 _MAX_IDS_SHOWN = 10
 
 
@@ -248,7 +253,11 @@ def read_squad_examples(path, is_training, version_2_with_negative):
             where = f"{article_where}, paragraph {paragraph_index}"
             context = _required(paragraph, "context", str, where)
             doc_tokens, char_to_word_offset = split_whitespace_words(context)
-            for question_index, qa in enumerate(_required(paragraph, "qas", list, where)):
+            questions = _required(paragraph, "qas", list, where)
+            if questions and not doc_tokens:
+                raise SquadFormatError(f"{where}: 'context' is empty, so its questions "
+                                       "cannot be answered")
+            for question_index, qa in enumerate(questions):
                 qas_id = _required(qa, "id", str, f"{where}, question {question_index}")
                 if qas_id in first_seen:
                     raise SquadFormatError(f"{where}: duplicate question id {qas_id!r} "
@@ -607,7 +616,8 @@ def _answer_example(example, features, results_by_id, options):
         start_logits = np.asarray(result.start_logits, dtype=np.float64)
         end_logits = np.asarray(result.end_logits, dtype=np.float64)
         candidates += _span_candidates(feature_index, feature, start_logits, end_logits,
-                                       options.n_best_size, options.max_answer_length)
+                                       max(options.n_best_size, MIN_SPAN_SEARCH),
+                                       options.max_answer_length)
         if options.version_2_with_negative:
             null = _Candidate(feature_index, 0, 0, float(start_logits[0]), float(end_logits[0]))
             if null_candidate is None or _total(null) < _total(null_candidate):
@@ -619,10 +629,11 @@ def _answer_example(example, features, results_by_id, options):
              for (text, start, end), probability in zip(entries, probabilities)]
     if not options.version_2_with_negative:
         return entries[0][0], nbest, None
-    best_non_null = next((entry for entry in entries if entry[0]), None)
-    if best_non_null is None or null_candidate is None:
-        return "", nbest, math.inf
-    null_odds = _total(null_candidate) - best_non_null[1] - best_non_null[2]
+    best_non_null = next((entry for entry in entries if entry[0]), ("", 0.0, 0.0))
+    null_score = _total(null_candidate) if null_candidate is not None else 0.0  # no window
+    null_odds = null_score - best_non_null[1] - best_non_null[2]
+    if not best_non_null[0]:
+        return "", nbest, null_odds
     if null_odds > options.null_score_diff_threshold:
         return "", nbest, null_odds
     return best_non_null[0], nbest, null_odds
@@ -696,10 +707,23 @@ def _f1_v2(prediction, ground_truth):
     return f1_score(prediction, ground_truth)
 
 
-def _questions(dataset_json):
+def _questions(dataset_json, source):
+    """Every question of the data set, each checked to have an id and a list of answers."""
     articles = dataset_json["data"] if isinstance(dataset_json, dict) else dataset_json
-    return [qa for article in articles for paragraph in article["paragraphs"]
-            for qa in paragraph["qas"]]
+    questions = []
+    for article_index, article in enumerate(articles):
+        article_where = _article_place(source, article_index, article)
+        for paragraph_index, paragraph in enumerate(
+                _required(article, "paragraphs", list, article_where)):
+            where = f"{article_where}, paragraph {paragraph_index}"
+            for question_index, qa in enumerate(_required(paragraph, "qas", list, where)):
+                qas_id = _required(qa, "id", str, f"{where}, question {question_index}")
+                for number, answer in enumerate(
+                        _required(qa, "answers", list, f"{where}, question {qas_id!r}")):
+                    _required(answer, "text", str, f"{where}, question {qas_id!r}, "
+                              f"answer {number}")
+                questions.append(qa)
+    return questions
 
 
 def _warn_missing(missing, total):
@@ -792,21 +816,22 @@ def _evaluate_v2(questions, predictions, null_odds, na_prob_thresh):
     return metrics
 
 
-def evaluate(dataset_json, predictions, null_odds=None, version_2=False, na_prob_thresh=1.0):
+def evaluate(dataset_json, predictions, null_odds=None, version_2=False, na_prob_thresh=1.0,
+             source="the data set"):
     """Official SQuAD metrics of `predictions` {qas_id: text} against `dataset_json` (the
     loaded file, see load_squad_json), in percent.
 
     v1.1: {"exact_match", "f1"}. v2.0: exact, f1, total, HasAns_exact/f1/total,
     NoAns_exact/f1/total and, when null_odds {qas_id: score diff} is given (it plays the
     official --na-prob-file, with --na-prob-thresh na_prob_thresh), best_exact,
-    best_exact_thresh, best_f1, best_f1_thresh.
+    best_exact_thresh, best_f1, best_f1_thresh. `source` names the data set in errors.
     """
     expected_version = "v2.0" if version_2 else "1.1"
     version = dataset_json.get("version") if isinstance(dataset_json, dict) else None
     if version is not None and version != expected_version:
         logger.warning("evaluation expects SQuAD version %s, the dataset says %s",
                        expected_version, version)
-    questions = _questions(dataset_json)
+    questions = _questions(dataset_json, source)
     if not questions:
         raise ValueError("the dataset has no questions to evaluate")
     if version_2:

@@ -88,7 +88,8 @@ def add_common_args(parser):
     parser.add_argument("--json-summary", dest="json_summary", default=None,
                         help="dllogger-format metrics file (default: <output_dir>/dllogger.json)")
     parser.add_argument("--log_freq", type=int, default=1, help="log every N optimizer steps")
-    parser.add_argument("--disable_progress_bar", action="store_true")
+    parser.add_argument("--disable_progress_bar", "--disable-progress-bar",
+                        dest="disable_progress_bar", action="store_true")
     parser.add_argument("--no_cuda", action="store_true", help="run on CPU even with a GPU")
     return parser
 

@@ -7,7 +7,6 @@ The real-data check skips without ../shared/data/squad/v1.1/dev-v1.1.json.
 
 import json
 import logging
-import math
 from pathlib import Path
 
 import numpy as np
@@ -459,9 +458,22 @@ def test_v2_null_score_is_the_minimum_over_windows(eiffel_tokenizer):
 
 
 def test_v2_without_any_valid_span_answers_null(eiffel_tokenizer):
-    answer, nbest, odds = decode(eiffel_tokenizer, EIFFEL, {("paris", 0): 3.0}, {("it", 0): 3.0},
-                                 version_2=True, max_answer_length=1, n_best_size=1)
-    assert (answer, odds, [e["text"] for e in nbest]) == ("", math.inf, [""])
+    # The document's two tokens score below every other position, so none of the top 20
+    # starts or ends lies in the document. The null odds compare the null score (-10 + -10)
+    # with an empty span of logit 0: finite, so null_odds.json stays valid JSON.
+    low = {("paris", 0): -20.0, ("it", 0): -20.0}
+    answer, nbest, odds = decode(eiffel_tokenizer, "Paris it", low, low, version_2=True,
+                                 n_best_size=1)
+    assert (answer, odds, [e["text"] for e in nbest]) == ("", -20.0, [""])
+
+
+def test_span_search_is_wider_than_the_printed_n_best(eiffel_tokenizer):
+    # The best start ("france") comes after the best end ("paris"): a search of the top-1
+    # start and end finds no span; the top-20 search finds (paris, paris), 5 + 9.
+    answer, nbest, _ = decode(eiffel_tokenizer, EIFFEL, {("france", 0): 9.0, ("paris", 0): 5.0},
+                              {("paris", 0): 9.0, ("france", 0): 2.0}, n_best_size=1)
+    assert answer == "Paris"
+    assert [(e["start_logit"], e["end_logit"]) for e in nbest] == [(5.0, 9.0)]
 
 
 def test_example_without_document_tokens_answers_empty(word_tokenizer):

@@ -191,9 +191,10 @@ def signature(task, input_dtype, model_config, num_labels):
 
 def load_task_model(args, device):
     if args.task == "squad":
-        return finetuning.load_model(modeling.BertForQuestionAnswering, args, device)
+        return finetuning.load_model(modeling.BertForQuestionAnswering, args, device,
+                                     will_train=False)
     return finetuning.load_model(modeling.BertForSequenceClassification, args, device,
-                                 num_labels=args.num_labels)
+                                 will_train=False, num_labels=args.num_labels)
 
 
 def main(args):
