@@ -15,6 +15,8 @@
 # 11 mode (train)                   any of: train, eval (predict + score), prediction
 # 12 config_file (bert_configs/large.json)
 # 13 max_steps (-1)                 > 0 stops early (benchmarks)
+# The order is the documented one (NVIDIA's README); NVIDIA's current script also takes
+# warmup_proportion as argument 5 (here: EXTRA_ARGS="--warmup_proportion P", default 0.1).
 # Environment: EXTRA_ARGS (appended), e.g. "--version_2_with_negative".
 set -euo pipefail
 cd "$(dirname "$0")/.."
