@@ -18,8 +18,8 @@
 # 14 seed (2)
 # 15 mode (train eval)              any of: train, eval, prediction
 # 16 max_steps (-1)                 > 0 stops early (benchmarks)
-# The order is the documented one (NVIDIA's README); NVIDIA's current script takes max_steps
-# as argument 13, before precision. Here it comes last, so documented calls keep working.
+# NVIDIA's current script takes max_steps as argument 13, before precision; here it comes
+# last, so that a call with arguments 1-15 and no max_steps keeps working.
 # Environment: EXTRA_ARGS (appended), e.g. "--max_seq_length 64".
 set -euo pipefail
 cd "$(dirname "$0")/.."
