@@ -64,6 +64,7 @@ def add_finetuning_args(parser, learning_rate, epochs, batch_size):
     parser.add_argument("--export_huggingface", action="store_true",
                         help="also write a Hugging Face directory to <output_dir>/huggingface")
     utils.add_common_args(parser)
+    parser.set_defaults(log_freq=50)  # NVIDIA's run_squad.py default (pre-training logs every step)
 
 
 def resolve_model_files(args):
