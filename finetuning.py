@@ -10,6 +10,10 @@ Deliberate deviations from NVIDIA's fine-tuning scripts:
   --gradient_accumulation_steps micro-batches (NVIDIA divides it the same way).
 - The fine-tuned model is saved as {'model': state_dict} plus config.json (NVIDIA's format)
   and can be exported to a Hugging Face directory with --export_huggingface.
+- A model that is not trained in the run (prediction, inference.py, the Triton export) must
+  find its task head in --init_checkpoint: a checkpoint without it (a pre-training one) is an
+  error, where NVIDIA's scripts answer with a randomly initialised head.
+- A training set too small for one optimizer step is an error (NVIDIA's loop never ends).
 """
 
 import argparse
@@ -99,11 +103,12 @@ def load_model(model_class, args, device, will_train, **kwargs):
         logger.warning("no --init_checkpoint: fine-tuning starts from random weights")
         return model.to(device)
     missing, _ = load_checkpoint(model, args.init_checkpoint)
-    untrained_head = [key for key in missing if not key.startswith("bert.")]
+    untrained_head = [key for key in missing if key.startswith(model.TASK_HEAD)]
     if untrained_head and not will_train:
         raise ValueError(f"--init_checkpoint {args.init_checkpoint} has no weights for the "
                          f"{type(model).__name__} head ({', '.join(untrained_head)}): it is "
-                         "not fine-tuned for this task; fine-tune it first (--do_train)")
+                         "not fine-tuned for this task; fine-tune it first (run_squad.py or "
+                         "run_glue.py --do_train)")
     return model.to(device)
 
 
@@ -130,15 +135,19 @@ def train(model, dataset, args, distributed, metrics):
         raise ValueError(f"--train_batch_size {args.train_batch_size} is not divisible by "
                          f"--gradient_accumulation_steps {accumulation}")
     micro_batch = args.train_batch_size // accumulation
-    if math.ceil(len(dataset) / micro_batch) < accumulation:
-        raise ValueError(f"the training set has {len(dataset)} examples, too few for one "
-                         f"optimizer step of --gradient_accumulation_steps {accumulation} "
-                         f"micro-batches of {micro_batch}: lower --train_batch_size or "
-                         "--gradient_accumulation_steps, or check the training file")
+    if not len(dataset):
+        raise ValueError("the training set is empty: check the training file (and any warning "
+                         "above about skipped examples)")
     sampler = (DistributedSampler(dataset, seed=args.seed) if distributed.enabled
                else RandomSampler(dataset, generator=torch.Generator().manual_seed(args.seed)))
     loader = DataLoader(dataset, sampler=sampler, batch_size=micro_batch, drop_last=False)
     steps_per_epoch = len(loader) // accumulation
+    if steps_per_epoch == 0:  # the loop below would never finish a step
+        raise ValueError(f"each of {distributed.world_size} process(es) gets {len(loader)} "
+                         f"micro-batch(es) of {micro_batch} per epoch, fewer than one optimizer "
+                         f"step of --gradient_accumulation_steps {accumulation} (the training "
+                         f"set has {len(dataset)} sequences): lower --train_batch_size or "
+                         "--gradient_accumulation_steps")
     total_steps = (int(args.max_steps) if args.max_steps > 0
                    else math.ceil(steps_per_epoch * args.num_train_epochs))
 
@@ -173,7 +182,7 @@ def train(model, dataset, args, distributed, metrics):
             utils.optimizer_step(optimizer, scheduler, scaler, model, MAX_GRAD_NORM)
             step += 1
             progress.update(1, loss=f"{loss_sum / step:.4f}")
-            if step % args.log_freq == 0:
+            if step % args.log_freq == 0 or step == total_steps:
                 metrics.log(("train", step), {"loss": loss_sum / step,
                                               "learning_rate": learning_rate})
             if step >= total_steps:
@@ -238,4 +247,4 @@ def named_dataset(tensors):
 
 
 def write_json(path, value):
-    utils.atomic_write_text(path, json.dumps(value, indent=2, allow_nan=False) + "\n")
+    utils.atomic_write_text(path, json.dumps(value, indent=2) + "\n")

@@ -415,6 +415,8 @@ class BertForPreTraining(BertPreTrainedModel):
 
 
 class BertForQuestionAnswering(BertPreTrainedModel):
+    TASK_HEAD = ("qa_outputs.",)  # weights that only fine-tuning trains
+
     def __init__(self, config):
         super().__init__()
         self.config = config
@@ -443,6 +445,8 @@ class BertForQuestionAnswering(BertPreTrainedModel):
 
 
 class BertForSequenceClassification(BertPreTrainedModel):
+    TASK_HEAD = ("classifier.", "bert.pooler.")  # the classifier reads the pooler's output
+
     def __init__(self, config, num_labels):
         super().__init__()
         self.config = config

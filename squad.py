@@ -33,7 +33,9 @@ Deliberate deviations from Google's and NVIDIA's run_squad.py:
   as its null odds (as if against an empty span of logit 0; the original crashes).
 - Spans are searched among the top max(n_best_size, 20) start and end positions, so
   inference.py's --n_best_size 1 finds the answer that run_squad.py's 20 finds (NVIDIA's
-  inference.py searches only the single best start and end, often no valid span at all).
+  inference.py searches only the single best start and end, often no valid span at all),
+  and SQuAD 2.0 compares the null score with the best span over all candidates, not only
+  those in the printed n-best.
 - Evaluation runs in-process, as evaluate-v1.1.py and evaluate-v2.0.py compute it. A question
   without a prediction scores 0 in both versions (evaluate-v2.0.py leaves it out of `total`,
   or fails on a HasAns/NoAns subset).
@@ -253,11 +255,7 @@ def read_squad_examples(path, is_training, version_2_with_negative):
             where = f"{article_where}, paragraph {paragraph_index}"
             context = _required(paragraph, "context", str, where)
             doc_tokens, char_to_word_offset = split_whitespace_words(context)
-            questions = _required(paragraph, "qas", list, where)
-            if questions and not doc_tokens:
-                raise SquadFormatError(f"{where}: 'context' is empty, so its questions "
-                                       "cannot be answered")
-            for question_index, qa in enumerate(questions):
+            for question_index, qa in enumerate(_required(paragraph, "qas", list, where)):
                 qas_id = _required(qa, "id", str, f"{where}, question {question_index}")
                 if qas_id in first_seen:
                     raise SquadFormatError(f"{where}: duplicate question id {qas_id!r} "
@@ -592,6 +590,17 @@ def _nbest_entries(example, features, candidates, null_candidate, n_best_size, d
     return entries or [("", 0.0, 0.0)]
 
 
+def _best_non_null(example, features, candidates, do_lower_case):
+    """(text, start_logit, end_logit) of the best span with text, from every candidate (the
+    printed n-best may be cut before it); ("", 0.0, 0.0), an empty span, when there is none."""
+    for candidate in sorted(candidates, key=_total, reverse=True):
+        text = _candidate_text(example, features[candidate.feature_index], candidate,
+                               do_lower_case)
+        if text:
+            return text, candidate.start_logit, candidate.end_logit
+    return "", 0.0, 0.0
+
+
 def _result_of(feature, results_by_id, example):
     try:
         return results_by_id[feature.unique_id]
@@ -629,7 +638,7 @@ def _answer_example(example, features, results_by_id, options):
              for (text, start, end), probability in zip(entries, probabilities)]
     if not options.version_2_with_negative:
         return entries[0][0], nbest, None
-    best_non_null = next((entry for entry in entries if entry[0]), ("", 0.0, 0.0))
+    best_non_null = _best_non_null(example, features, candidates, options.do_lower_case)
     null_score = _total(null_candidate) if null_candidate is not None else 0.0  # no window
     null_odds = null_score - best_non_null[1] - best_non_null[2]
     if not best_non_null[0]:

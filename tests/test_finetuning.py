@@ -2,6 +2,7 @@
 
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -13,7 +14,7 @@ import inference
 import run_glue
 import run_squad
 from conftest import REPO, write_vocab
-from model import BertConfig, BertModel
+from model import BertConfig, BertForSequenceClassification, BertModel
 from tokenization import FullTokenizer
 
 FIXTURES = REPO / "tests" / "fixtures"
@@ -165,12 +166,55 @@ def test_glue_wrapper_runs_on_one_cpu_process(tiny_model_files, tmp_path):
     assert results["train_steps"] == 2 and "f1" in results
 
 
+def alarm_after(seconds):
+    """Turns a hang into a failure: SIGALRM raises in the test after `seconds`."""
+    def fail(*_):
+        raise TimeoutError(f"still running after {seconds} s")
+    signal.signal(signal.SIGALRM, fail)
+    signal.alarm(seconds)
+
+
 def test_too_small_a_training_set_for_one_step_is_an_error_not_a_hang(tiny_model_files,
                                                                       tmp_path):
     # 5 training features cannot fill 2 micro-batches of 32.
-    with pytest.raises(ValueError, match="too few for one optimizer step"):
-        run_squad.main(squad_args(*tiny_model_files, tmp_path, "--do_train",
-                                  "--train_batch_size", 64, "--gradient_accumulation_steps", 2))
+    alarm_after(120)
+    try:
+        with pytest.raises(ValueError, match="gets 1 micro-batch.* of 32 per epoch, fewer than "
+                                             "one optimizer step of "
+                                             "--gradient_accumulation_steps 2"):
+            run_squad.main(squad_args(*tiny_model_files, tmp_path, "--do_train", "--max_steps",
+                                      3, "--train_batch_size", 64,
+                                      "--gradient_accumulation_steps", 2))
+    finally:
+        signal.alarm(0)
+
+
+def test_an_empty_training_set_is_named(tiny_model_files, tmp_path):
+    # Every question of this file is unanswerable: without --version_2_with_negative training
+    # skips them all.
+    only_impossible = tmp_path / "impossible.json"
+    only_impossible.write_text(json.dumps({"version": "v2.0", "data": [{"paragraphs": [{
+        "context": "Paris is in France.", "qas": [{"id": "q1", "question": "Where is Rome?",
+                                                   "answers": [], "is_impossible": True}]}]}]}))
+    with pytest.raises(ValueError, match="the training set is empty"):
+        run_squad.main(squad_args(*tiny_model_files, tmp_path, "--do_train", "--train_file",
+                                  only_impossible))
+
+
+def test_defaults_that_follow_nvidia(tiny_model_files, tmp_path):
+    glue = glue_args(*tiny_model_files, tmp_path)
+    squad_defaults = run_squad.parse_args(["--output_dir", str(tmp_path)])
+    assert (glue.seed, squad_defaults.seed) == (1, 42)
+    assert glue.log_freq == squad_defaults.log_freq == 50
+    assert run_squad.parse_args(["--output_dir", "o", "--disable-progress-bar"]
+                                ).disable_progress_bar
+
+
+def test_the_last_training_step_is_logged(tiny_model_files, tmp_path):
+    run_glue.main(glue_args(*tiny_model_files, tmp_path, "--do_train", "--max_steps", 3))
+    logged = [json.loads(line[5:])["step"] for line in
+              (tmp_path / "dllogger.json").read_text().splitlines() if '"train"' in line]
+    assert logged == [["train", 3]]          # log_freq 50: only the last step
 
 
 def test_squad_predictions_file_goes_with_do_eval_alone(tiny_model_files, tmp_path):
@@ -239,6 +283,13 @@ def test_prediction_needs_a_fine_tuned_head(tiny_model_files, tmp_path):
             "--vocab_file", str(vocab), "--question", "Where?", "--context", "In Paris."]))
     with pytest.raises(ValueError, match="--init_checkpoint is required to predict"):
         run_squad.main(squad_args(config, vocab, tmp_path, "--do_predict"))
+    # A classifier checkpoint without the pooler it reads is not fine-tuned either.
+    classifier = BertForSequenceClassification(BertConfig.from_json_file(config), 2)
+    state = {k: v for k, v in classifier.state_dict().items() if "pooler" not in k}
+    torch.save({"model": state}, tmp_path / "no-pooler.pt")
+    with pytest.raises(ValueError, match=r"head \(bert.pooler.dense.bias"):
+        run_glue.main(glue_args(config, vocab, tmp_path, "--do_eval", "--init_checkpoint",
+                                tmp_path / "no-pooler.pt"))
     # Training may start from the encoder alone: the head is what it learns.
     results = run_squad.main(squad_args(config, vocab, tmp_path, "--do_train", "--max_steps", 1,
                                         "--init_checkpoint", tmp_path / "encoder.pt"))

@@ -467,6 +467,17 @@ def test_v2_without_any_valid_span_answers_null(eiffel_tokenizer):
     assert (answer, odds, [e["text"] for e in nbest]) == ("", -20.0, [""])
 
 
+def test_v2_null_odds_do_not_depend_on_the_printed_n_best(eiffel_tokenizer):
+    # The null answer (3 + 3) ranks first; "Paris" (2 + 2) is cut from a 1-best list but is
+    # still the non-null answer the null score is compared with.
+    for n_best_size in (1, 20):
+        answer, nbest, odds = decode(eiffel_tokenizer, EIFFEL, {("paris", 0): 2.0},
+                                     {("paris", 0): 2.0}, version_2=True, threshold=3.0,
+                                     null_logits=(3.0, 3.0), n_best_size=n_best_size)
+        assert (answer, odds) == ("Paris", 2.0)
+        assert nbest[0]["text"] == ""
+
+
 def test_span_search_is_wider_than_the_printed_n_best(eiffel_tokenizer):
     # The best start ("france") comes after the best end ("paris"): a search of the top-1
     # start and end finds no span; the top-20 search finds (paris, paris), 5 + 9.
