@@ -314,16 +314,17 @@ def choose_masked_positions(input_ids, input_mask, options, special_ids, is_subw
         word_start = np.maximum.accumulate(np.where(starts, np.arange(seq), 0), axis=1)
         keys = np.take_along_axis(keys, word_start, axis=1)
     keys[~candidate] = np.inf
+    # One position beyond the budget, never taken, shows whether the last word is cut.
     if options.whole_word_masking:  # the pieces of a word share a key: keep them in order
         position = np.broadcast_to(np.arange(seq), keys.shape)
-        order = np.lexsort((position, keys), axis=1)[:, :budget]
+        order = np.lexsort((position, keys), axis=1)[:, :budget + 1]
     else:
-        order = np.argsort(keys, axis=1)[:, :budget]
+        order = np.argsort(keys, axis=1)[:, :budget + 1]
     taken = np.arange(order.shape[1])[None, :] < num_to_predict[:, None]
     taken &= np.isfinite(np.take_along_axis(keys, order, axis=1))
     if options.whole_word_masking:
         taken &= whole_words_only(order, word_start, taken)
-    positions = np.sort(np.where(taken, order, seq), axis=1)
+    positions = np.sort(np.where(taken, order, seq), axis=1)[:, :budget]
     valid = positions < seq
     padded = np.zeros((n, budget), dtype=np.int64)
     padded[:, :positions.shape[1]] = np.where(valid, positions, 0)

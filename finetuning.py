@@ -169,7 +169,7 @@ def train(model, dataset, args, distributed, metrics):
     while step < total_steps:
         if distributed.enabled:
             sampler.set_epoch(epoch)
-        optimizer.zero_grad(set_to_none=True)  # an epoch's unfinished accumulation is dropped
+        optimizer.zero_grad()  # an epoch's unfinished accumulation is dropped
         for micro_step, tensors in enumerate(loader):
             batch = trimmed_batch(dataset.names, tensors, distributed.device)
             with utils.autocast(precision, distributed.device):

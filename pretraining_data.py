@@ -5,9 +5,10 @@ HDF5 order: epoch e visits the shard files in an order drawn from (seed, e) and 
 instances in an order drawn from (seed, e, file). Global batch k of a file is the next
 `micro_batch * world_size` instances of that order; rank r takes the r-th slice. The order is
 thus the same for any number of ranks, which makes N processes equal to one process with the
-N-fold batch, and lets a job resume on a different number of GPUs. A file's last partial
-global batch is dropped. The next file is read and decompressed by a background process
-while the current one trains.
+N-fold batch. A resume continues at the same instance only with the same global batch
+(number of GPUs x micro-batch); with another one it continues at the same batch number of
+the same file. A file's last partial global batch is dropped. The next file is read and
+decompressed by a background process while the current one trains.
 
 Deliberate deviations from NVIDIA's loader:
 - The position (epoch, file, batch) is three integers in the checkpoint, not a pickled
@@ -127,10 +128,18 @@ class PretrainingBatches:
 
     def __iter__(self):
         global_batch = self.micro_batch * self.world_size
+        files_without_batch = 0
         while True:
             position = self.position
             arrays, order = self._load(position.epoch, position.file_index)
             batches_in_file = len(order) // global_batch
+            files_without_batch = 0 if batches_in_file else files_without_batch + 1
+            if files_without_batch == len(self.files):  # it would read the files forever
+                raise ValueError(f"no input file holds a full global batch of {global_batch} "
+                                 f"instances ({self.micro_batch} per micro-batch x "
+                                 f"{self.world_size} process(es)); the first is "
+                                 f"{self.files[0]}: lower --train_batch_size or write larger "
+                                 "shards")
             for batch_index in range(position.batch_index, batches_in_file):
                 start = batch_index * global_batch + self.rank * self.micro_batch
                 rows = order[start:start + self.micro_batch]

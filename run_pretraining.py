@@ -23,6 +23,8 @@ Deliberate deviations from NVIDIA's run_pretraining.py:
   --phase1_end_step in file names; a phase-2 checkpoint is resumed fully (NVIDIA's
   --resume_phase2 is implied).
 - Steps skipped by the fp16 loss scaler (overflow) do not count, as NVIDIA's "dynamic step".
+- Retention keeps the newest three checkpoints of the running phase (phase 1's stay when
+  phase 2 saves); phase 1 asked to resume where phase 2 has begun does nothing.
 - --allreduce_post_accumulation_fp16 compresses the gradients to fp16 for the all-reduce
   (a DDP hook) instead of casting the model to fp16.
 - The model pads its vocabulary to a multiple of --pad_vocab_to_multiple_of (8); exported and
@@ -98,8 +100,12 @@ def check_args(args):
     if args.train_batch_size % args.gradient_accumulation_steps:
         raise ValueError(f"--train_batch_size {args.train_batch_size} is not divisible by "
                          f"--gradient_accumulation_steps {args.gradient_accumulation_steps}")
-    if args.max_steps < 1:
-        raise ValueError(f"--max_steps must be at least 1, got {args.max_steps}")
+    for flag in ("max_steps", "log_freq", "num_steps_per_checkpoint"):
+        if getattr(args, flag) < 1:
+            raise ValueError(f"--{flag} must be at least 1, got {getattr(args, flag)}")
+    if args.allreduce_post_accumulation_fp16 and not args.fp16:
+        raise ValueError("--allreduce_post_accumulation_fp16 needs --fp16: without a loss "
+                         "scaler, gradients compressed to fp16 may underflow or overflow")
 
 
 # ----------------------------------------------------------------------------- set-up
@@ -112,7 +118,8 @@ def build_model(args, device):
 
 def find_start(args):
     """Decides where training starts. Returns (checkpoint state or None, how): how is
-    'resume' (full state), 'weights' (a phase-1 checkpoint or --init_checkpoint) or 'scratch'."""
+    'resume' (full state), 'weights' (a phase-1 checkpoint or --init_checkpoint), 'scratch',
+    or 'finished' (phase 1 asked to resume where phase 2 has begun: nothing to do)."""
     existing = utils.list_checkpoints(args.output_dir)
     if not args.resume_from_checkpoint:
         if existing:
@@ -126,6 +133,9 @@ def find_start(args):
                        args.output_dir, "from --init_checkpoint" if args.init_checkpoint
                        else "from scratch")
         return None, "weights" if args.init_checkpoint else "scratch"
+    if state.get("phase2", False) and not args.phase2:
+        logger.info("phase 1 is finished: the newest checkpoint, %s, is phase 2's", path)
+        return state, "finished"
     logger.info("resuming from %s", path)
     same_phase = state.get("phase2", False) == args.phase2
     return state, "resume" if same_phase else "weights"
@@ -216,8 +226,10 @@ def save(state, step, args, distributed):
     """Rank 0 writes ckpt_<number>.pt, numbered from phase1_end_step in phase 2."""
     if args.skip_checkpoint or not distributed.is_main:
         return
-    number = step + (args.phase1_end_step if args.phase2 else 0)
-    utils.save_checkpoint(state, utils.checkpoint_path(args.output_dir, number))
+    offset = args.phase1_end_step if args.phase2 else 0
+    number = step + offset
+    utils.save_checkpoint(state, utils.checkpoint_path(args.output_dir, number),
+                          first_number=offset + 1 if args.phase2 else 0)
     logger.info("saved checkpoint %s", utils.checkpoint_path(args.output_dir, number))
 
 
@@ -272,6 +284,9 @@ def main(args):
     metrics.parameters(vars(args))
 
     state, how = find_start(args)
+    if how == "finished":
+        metrics.close()
+        return {"step": int(args.max_steps), "final_loss": float("nan")}
     model = build_model(args, distributed.device)
     optimizer = make_lamb(param_groups(model, weight_decay=0.01), lr=args.learning_rate)
     scheduler = poly_warmup_schedule(optimizer, args.warmup_proportion, int(args.max_steps))

@@ -313,11 +313,12 @@ class _FastPathGuard:
 
 
 def _tokenizers_available():
+    """tokenizers with Tokenizer.encode_batch_fast (0.20 and later); older ones are not used."""
     try:
-        import tokenizers  # noqa: F401
+        import tokenizers
     except ImportError:
         return False
-    return True
+    return hasattr(tokenizers.Tokenizer, "encode_batch_fast")
 
 
 # ----------------------------------------------------------------------------

@@ -57,12 +57,19 @@ def atomic_path(path):
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
+    os.chmod(temporary, 0o666 & ~current_umask())  # mkstemp makes it owner-only (0600)
     try:
         yield Path(temporary)
         os.replace(temporary, path)
     finally:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(temporary)
+
+
+def current_umask():
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def atomic_write_text(path, text):
@@ -195,7 +202,7 @@ def optimizer_step(optimizer, scheduler, scaler, model=None, max_grad_norm=0.0):
     scale = scaler.get_scale() if scaler.is_enabled() else None
     scaler.step(optimizer)
     scaler.update()
-    optimizer.zero_grad(set_to_none=True)
+    optimizer.zero_grad()  # frees the gradients; apex's FusedLAMB.zero_grad takes no arguments
     if scale is not None and scaler.get_scale() < scale:
         return False
     scheduler.step()
@@ -264,21 +271,23 @@ def checkpoint_path(output_dir, step):
     return Path(output_dir) / f"ckpt_{step}.pt"
 
 
-def list_checkpoints(output_dir):
-    """Checkpoint files in output_dir, newest (highest step) first."""
+def list_checkpoints(output_dir, first_number=0):
+    """Checkpoint files in output_dir numbered first_number or later, newest (highest
+    number) first."""
     found = []
     for path in Path(output_dir).glob("ckpt_*.pt"):
         match = CHECKPOINT_PATTERN.match(path.name)
-        if match:
+        if match and int(match.group(1)) >= first_number:
             found.append((int(match.group(1)), path))
     return [path for _, path in sorted(found, reverse=True)]
 
 
-def save_checkpoint(state, path, keep=3):
-    """Writes state atomically, then deletes all but the `keep` newest checkpoints."""
+def save_checkpoint(state, path, keep=3, first_number=0):
+    """Writes state atomically, then deletes all but the `keep` newest checkpoints numbered
+    first_number or later (an earlier phase's checkpoints stay)."""
     with atomic_path(path) as temporary:
         torch.save(state, temporary)
-    for old in list_checkpoints(Path(path).parent)[keep:]:
+    for old in list_checkpoints(Path(path).parent, first_number)[keep:]:
         old.unlink(missing_ok=True)
 
 

@@ -116,10 +116,12 @@ def test_next_sentence_labels_are_balanced(instances):
     assert abs(data["next_sentence_labels"].mean() - 0.5) < 0.05
 
 
-def test_whole_word_masking_masks_every_piece_of_a_word(corpus, tmp_path):
+@pytest.mark.parametrize("max_predictions", [20, 5])  # 5: the budget binds in every row
+def test_whole_word_masking_masks_every_piece_of_a_word(corpus, tmp_path, max_predictions):
     input_file, vocab = corpus
     output = tmp_path / "wwm.hdf5"
-    run(input_file, vocab, output, "--whole_word_masking", "--dupe_factor", 2)
+    run(input_file, vocab, output, "--whole_word_masking", "--dupe_factor", 2,
+        "--max_predictions_per_seq", max_predictions)
     data, tokens = read(output), vocab.read_text().split("\n")[:-1]
     is_piece = np.array([t.startswith("##") for t in tokens])
     special = [tokens.index("[CLS]"), tokens.index("[SEP]")]
@@ -132,6 +134,9 @@ def test_whole_word_masking_masks_every_piece_of_a_word(corpus, tmp_path):
             if is_piece[original[position]] and original[position - 1] not in special:
                 checked += 1
                 assert position - 1 in masked, (row, position)
+            if position + 1 < len(original) and is_piece[original[position + 1]]:
+                checked += 1
+                assert position + 1 in masked, (row, position)
     assert checked > 100
 
 

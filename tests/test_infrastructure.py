@@ -1,13 +1,16 @@
 """Wrappers, Slurm script, configurations and entry points: they parse and explain themselves."""
 
+import os
 import re
 import shutil
+import stat
 import subprocess
 import sys
 
 import pytest
 import yaml
 
+import utils
 from conftest import REPO
 
 SHELL_SCRIPTS = sorted([*REPO.glob("scripts/*.sh"), *REPO.glob("data/**/*.sh"),
@@ -66,3 +69,17 @@ def test_every_torch_load_refuses_pickled_code():
         for line in path.read_text().splitlines():
             if "torch.load" + "(" in line and "def " not in line:  # split: not a call
                 assert "weights_only=True" in line, f"{path}: {line.strip()}"
+
+
+def test_atomic_writes_keep_the_umask_permissions_and_leave_nothing_on_failure(tmp_path):
+    previous = os.umask(0o022)
+    try:
+        utils.atomic_write_text(tmp_path / "shared.txt", "readable by the group")
+    finally:
+        os.umask(previous)
+    assert stat.S_IMODE((tmp_path / "shared.txt").stat().st_mode) == 0o644  # not mkstemp's 0600
+    with pytest.raises(RuntimeError), utils.atomic_path(tmp_path / "shared.txt") as temporary:
+        temporary.write_text("half")
+        raise RuntimeError("interrupted")
+    assert (tmp_path / "shared.txt").read_text() == "readable by the group"
+    assert [p.name for p in tmp_path.iterdir()] == ["shared.txt"]

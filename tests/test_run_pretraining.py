@@ -93,6 +93,22 @@ def test_phase2_starts_from_phase1_weights_with_a_fresh_schedule(shards, tmp_pat
     assert torch.load(tmp_path / "ckpt_11.pt", weights_only=True)["step"] == 3
 
 
+def test_phase2_retention_and_rerunning_phase1_leave_phase1_checkpoints(shards, tmp_path,
+                                                                        caplog):
+    """Phase 2 keeps its own newest three; re-running phase 1 with resume once phase 2 has
+    begun (a re-submitted two-phase job) trains nothing and deletes nothing."""
+    run_pretraining.main(args_for(*shards, tmp_path, "--num_steps_per_checkpoint", 1))
+    run_pretraining.main(args_for(*shards, tmp_path, "--phase2", "--resume_from_checkpoint",
+                                  "--phase1_end_step", 8, "--max_steps", 4,
+                                  "--num_steps_per_checkpoint", 1))
+    names = sorted(p.name for p in tmp_path.glob("ckpt_*"))
+    assert names == [f"ckpt_{n}.pt" for n in (10, 11, 12, 6, 7, 8)]
+    caplog.set_level("INFO", logger="bert")
+    result = run_pretraining.main(args_for(*shards, tmp_path, "--resume_from_checkpoint"))
+    assert sorted(p.name for p in tmp_path.glob("ckpt_*")) == names
+    assert result["step"] == 8 and "phase 1 is finished" in caplog.text
+
+
 def test_output_dir_with_checkpoints_needs_resume(shards, tmp_path):
     run_pretraining.main(args_for(*shards, tmp_path, "--max_steps", 1))
     with pytest.raises(FileExistsError, match="already holds checkpoints \\(ckpt_1.pt"):
@@ -115,6 +131,16 @@ def test_resume_without_checkpoints_starts_from_scratch(shards, tmp_path, caplog
     assert "no checkpoint in" in caplog.text and result["step"] == 1
 
 
+@pytest.mark.parametrize("extra, message", [
+    (["--log_freq", 0], "--log_freq must be at least 1, got 0"),
+    (["--num_steps_per_checkpoint", 0], "--num_steps_per_checkpoint must be at least 1, got 0"),
+    (["--allreduce_post_accumulation_fp16"], "--allreduce_post_accumulation_fp16 needs --fp16"),
+])
+def test_argument_errors_name_the_argument(shards, tmp_path, extra, message):
+    with pytest.raises(ValueError, match=message):
+        run_pretraining.main(args_for(*shards, tmp_path, *extra))
+
+
 def test_batch_size_must_divide_into_micro_batches(shards, tmp_path):
     with pytest.raises(ValueError, match="--train_batch_size 8 is not divisible by "
                                          "--gradient_accumulation_steps 3"):
@@ -122,17 +148,23 @@ def test_batch_size_must_divide_into_micro_batches(shards, tmp_path):
 
 
 def test_gradient_accumulation_equals_the_full_batch(shards, tmp_path):
-    """Micro-batches of 4 twice give the step of one batch of 8 (dropout off)."""
+    """Micro-batches of 4 twice give the step of one batch of 8 (dropout off): the same
+    losses and weights. Rows with equal numbers of masked tokens make the mean of the
+    micro-batch means the batch mean. (LAMB is blind to the gradients' scale, so this checks
+    that both micro-batches count, not the division by the number of micro-batches.)"""
     config = json.loads(shards[1].read_text())
     config.update(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
     (tmp_path / "config.json").write_text(json.dumps(config))
-    run_pretraining.main(args_for(shards[0], tmp_path / "config.json", tmp_path / "full",
-                                  "--max_steps", 3))
-    run_pretraining.main(args_for(shards[0], tmp_path / "config.json", tmp_path / "accumulated",
-                                  "--max_steps", 3, "--gradient_accumulation_steps", 2))
+    (tmp_path / "data").mkdir()
+    uniform_shard(tmp_path / "data" / "uniform.hdf5", config["vocab_size"])
+    for name, extra in (("full", []), ("accumulated", ["--gradient_accumulation_steps", 2])):
+        run_pretraining.main(args_for(tmp_path / "data", tmp_path / "config.json",
+                                      tmp_path / name, "--max_steps", 3, *extra))
     full, accumulated = logged_losses(tmp_path / "full"), logged_losses(tmp_path / "accumulated")
-    # Each micro-batch averages over its own masked tokens, so equal only approximately.
-    np.testing.assert_allclose([l for _, l in accumulated], [l for _, l in full], rtol=2e-3)
+    np.testing.assert_allclose([l for _, l in accumulated], [l for _, l in full], rtol=1e-5)
+    for key, tensor in final_weights(tmp_path / "full")["model"].items():
+        torch.testing.assert_close(final_weights(tmp_path / "accumulated")["model"][key],
+                                   tensor, atol=1e-5, rtol=1e-4)
 
 
 @pytest.mark.parametrize("precision", ["--bf16", "--fp16"])
@@ -256,3 +288,13 @@ def test_loss_trajectory_matches_the_recorded_oracle(shards, tmp_path):
     run_pretraining.main(args_for(*shards, tmp_path))
     losses = [loss for _, loss in logged_losses(tmp_path)]
     np.testing.assert_allclose(losses, ORACLE_LOSSES, rtol=1e-4)
+
+
+def test_shards_smaller_than_a_global_batch_are_an_error_not_an_endless_loop(shards):
+    files = sorted(shards[0].glob("*.hdf5"))
+    rows = max(len(read_shard(path)["input_ids"]) for path in files)
+    batches = PretrainingBatches(files, micro_batch=rows + 1, rank=0, world_size=1, seed=0)
+    with pytest.raises(ValueError, match=f"no input file holds a full global batch of "
+                                         f"{rows + 1} instances"):
+        next(iter(batches))
+    batches.close()
