@@ -340,10 +340,16 @@ class _StepShiftedLambdaLR(LambdaLR):
         super().__init__(optimizer, lambda completed_steps: factor(completed_steps + 1))
 
     def load_state_dict(self, state_dict):
+        """Restores the position in the schedule; the base learning rates stay this run's,
+        so a resume with a new --learning_rate uses it (as NVIDIA's does)."""
+        base_lrs = self.base_lrs
         super().load_state_dict(state_dict)
-        # Write the restored learning rates back, so the optimizer is right whether its own
-        # state was loaded before or after this scheduler was built.
-        for group, lr in zip(self.optimizer.param_groups, self.get_last_lr()):
+        self.base_lrs = base_lrs
+        self._last_lr = [base_lr * factor(self.last_epoch)
+                         for base_lr, factor in zip(base_lrs, self.lr_lambdas)]
+        # Write the learning rates back, so the optimizer is right whether its own state was
+        # loaded before or after this scheduler.
+        for group, lr in zip(self.optimizer.param_groups, self._last_lr):
             group["lr"] = lr
 
 

@@ -67,6 +67,23 @@ def test_resume_is_exact(shards, tmp_path):
     assert resumed["data_position"] == expected["data_position"]
 
 
+def logged_learning_rates(output_dir):
+    return [json.loads(line.removeprefix("DLLL "))["data"]["learning_rate"]
+            for line in (output_dir / "dllogger.json").read_text().splitlines()
+            if '"learning_rate"' in line and '"step": [1' in line]
+
+
+def test_resume_takes_a_new_learning_rate(shards, tmp_path):
+    run_pretraining.main(args_for(*shards, tmp_path / "whole"))
+    run_pretraining.main(args_for(*shards, tmp_path / "split", "--steps_this_run", 4))
+    run_pretraining.main(args_for(*shards, tmp_path / "split", "--resume_from_checkpoint",
+                                  "--learning_rate", "4e-3"))
+    whole, split = logged_learning_rates(tmp_path / "whole"), logged_learning_rates(
+        tmp_path / "split")
+    assert len(whole) == len(split) == 8 and split[:4] == whole[:4]
+    assert split[4:] == pytest.approx([2 * lr for lr in whole[4:]])
+
+
 def test_checkpoints_keep_the_latest_three_and_load_without_pickles(shards, tmp_path):
     run_pretraining.main(args_for(*shards, tmp_path, "--num_steps_per_checkpoint", 1))
     assert sorted(p.name for p in tmp_path.glob("ckpt_*")) == ["ckpt_6.pt", "ckpt_7.pt",
