@@ -154,7 +154,8 @@ def train(model, dataset, args, distributed, metrics):
     optimizer = make_adamw(param_groups(model, weight_decay=0.01), lr=args.learning_rate)
     scheduler = linear_warmup_schedule(optimizer, args.warmup_proportion, total_steps)
     precision = utils.precision_of(args)
-    scaler = utils.make_grad_scaler(precision, distributed.device, args.loss_scale)
+    scaler = utils.make_grad_scaler(precision, distributed.device, args.loss_scale,
+                                    args.init_loss_scale)
     ddp = (DistributedDataParallel(model, device_ids=[distributed.device]
                                    if distributed.device.type == "cuda" else None)
            if distributed.enabled else model)

@@ -33,6 +33,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+import torch.utils.checkpoint
 from torch import nn
 
 from utils import atomic_write_text, logger
@@ -228,12 +229,27 @@ class BertEncoder(nn.Module):
     def __init__(self, config):
         super().__init__()
         self.layer = nn.ModuleList(BertLayer(config) for _ in range(config.num_hidden_layers))
+        # Activation checkpointing (run_pretraining.py --checkpoint_activations): backward
+        # keeps the inputs of chunks of ceil(sqrt(layers)) layers and recomputes the rest.
+        self.checkpoint_activations = False
 
     def forward(self, hidden_states, layout):
         hidden_states = layout.pack(hidden_states)
-        for layer in self.layer:
-            hidden_states = layer(hidden_states, layout)
+        checkpointed = self.checkpoint_activations and self.training and torch.is_grad_enabled()
+        chunk = math.ceil(math.sqrt(len(self.layer))) if checkpointed else len(self.layer)
+        for start in range(0, len(self.layer), max(chunk, 1)):
+            if checkpointed:  # dropout draws the same masks again: the RNG state is replayed
+                hidden_states = torch.utils.checkpoint.checkpoint(
+                    self._run_layers, start, start + chunk, hidden_states, layout,
+                    use_reentrant=False)
+            else:
+                hidden_states = self._run_layers(start, start + chunk, hidden_states, layout)
         return layout.unpack(hidden_states)
+
+    def _run_layers(self, start, end, hidden_states, layout):
+        for layer in self.layer[start:end]:
+            hidden_states = layer(hidden_states, layout)
+        return hidden_states
 
 
 class BertPooler(nn.Module):

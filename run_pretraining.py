@@ -81,6 +81,17 @@ def parse_args(argv=None):
                         help="all-reduce gradients in fp16")
     parser.add_argument("--resume_from_checkpoint", action="store_true",
                         help="continue from the newest valid checkpoint in --output_dir")
+    parser.add_argument("--resume_step", type=int, default=-1,
+                        help="with --resume_from_checkpoint: continue from ckpt_<N>.pt "
+                             "instead of the newest (-1)")
+    parser.add_argument("--resume_phase2", action="store_true",
+                        help="accepted for compatibility: a phase-2 checkpoint always resumes "
+                             "fully in phase 2")
+    parser.add_argument("--checkpoint_activations", action="store_true",
+                        help="recompute activations in backward (less memory, ~1/3 more "
+                             "compute)")
+    parser.add_argument("--num_train_epochs", type=float, default=3.0,
+                        help="accepted for compatibility: training is bounded by --max_steps")
     parser.add_argument("--num_steps_per_checkpoint", type=int, default=100)
     parser.add_argument("--skip_checkpoint", action="store_true", help="write no checkpoints")
     parser.add_argument("--phase2", action="store_true", help="this is phase 2 (seq 512)")
@@ -103,6 +114,8 @@ def check_args(args):
     for flag in ("max_steps", "log_freq", "num_steps_per_checkpoint"):
         if getattr(args, flag) < 1:
             raise ValueError(f"--{flag} must be at least 1, got {getattr(args, flag)}")
+    if args.resume_step >= 0 and not args.resume_from_checkpoint:
+        raise ValueError("--resume_step needs --resume_from_checkpoint")
     if args.allreduce_post_accumulation_fp16 and not args.fp16:
         raise ValueError("--allreduce_post_accumulation_fp16 needs --fp16: without a loss "
                          "scaler, gradients compressed to fp16 may underflow or overflow")
@@ -113,7 +126,9 @@ def check_args(args):
 def build_model(args, device):
     config = BertConfig.from_json_file(args.config_file)
     config.pad_vocab_to_multiple_of = args.pad_vocab_to_multiple_of
-    return BertForPreTraining(config).to(device)
+    model = BertForPreTraining(config)
+    model.bert.encoder.checkpoint_activations = args.checkpoint_activations
+    return model.to(device)
 
 
 def find_start(args):
@@ -127,7 +142,8 @@ def find_start(args):
                                   f"({existing[0].name}, ...): pass --resume_from_checkpoint "
                                   f"to continue, or choose another directory")
         return None, "weights" if args.init_checkpoint else "scratch"
-    path, state = utils.load_latest_checkpoint(args.output_dir)
+    path, state = (chosen_checkpoint(args, existing) if args.resume_step >= 0
+                   else utils.load_latest_checkpoint(args.output_dir))
     if state is None:
         logger.warning("--resume_from_checkpoint: no checkpoint in %s, starting %s",
                        args.output_dir, "from --init_checkpoint" if args.init_checkpoint
@@ -139,6 +155,20 @@ def find_start(args):
     logger.info("resuming from %s", path)
     same_phase = state.get("phase2", False) == args.phase2
     return state, "resume" if same_phase else "weights"
+
+
+def chosen_checkpoint(args, existing):
+    """--resume_step N: (path, state) of ckpt_<N>.pt. Newer checkpoints beside it would
+    outrank the ones this run writes (resume and retention take the highest numbers), so
+    they must be moved away first."""
+    path = utils.checkpoint_path(args.output_dir, args.resume_step)
+    if not path.is_file():
+        raise FileNotFoundError(f"--resume_step {args.resume_step}: {path} does not exist")
+    newer = [p.name for p in existing if utils.checkpoint_number(p) > args.resume_step]
+    if newer:
+        raise FileExistsError(f"--resume_step {args.resume_step}: {args.output_dir} also holds "
+                              f"newer checkpoints ({', '.join(newer)}); move them away first")
+    return path, torch.load(path, map_location="cpu", weights_only=True)
 
 
 def restore(state, how, args, model, optimizer, scheduler, scaler):
@@ -290,7 +320,8 @@ def main(args):
     model = build_model(args, distributed.device)
     optimizer = make_lamb(param_groups(model, weight_decay=0.01), lr=args.learning_rate)
     scheduler = poly_warmup_schedule(optimizer, args.warmup_proportion, int(args.max_steps))
-    scaler = utils.make_grad_scaler(utils.precision_of(args), distributed.device, args.loss_scale)
+    scaler = utils.make_grad_scaler(utils.precision_of(args), distributed.device, args.loss_scale,
+                                    args.init_loss_scale)
     start_step, position = restore(state, how, args, model, optimizer, scheduler, scaler)
     if how == "resume":
         utils.set_rng_state(state["rng"][distributed.rank % len(state["rng"])])

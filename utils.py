@@ -10,6 +10,7 @@ Deliberate deviations from NVIDIA's utils/run scripts:
   plain values only, so they load with torch.load(weights_only=True).
 """
 
+import argparse
 import contextlib
 import datetime
 import importlib.util
@@ -79,6 +80,14 @@ def atomic_write_text(path, text):
 
 # ----------------------------------------------------------------------------- arguments
 
+def whole_number(text):
+    """An argparse type for counts that NVIDIA's scripts take as floats ("1.0")."""
+    value = float(text)
+    if not value.is_integer():
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}")
+    return int(value)
+
+
 def add_common_args(parser):
     """Flags that every training script has, with one meaning everywhere."""
     parser.add_argument("--seed", type=int, default=42, help="random seed (rank r uses seed + r)")
@@ -86,15 +95,18 @@ def add_common_args(parser):
                         help="mixed precision with fp16 and dynamic loss scaling")
     parser.add_argument("--bf16", action="store_true", help="mixed precision with bfloat16")
     parser.add_argument("--loss_scale", type=float, default=0.0,
-                        help="fp16 loss scale: 0 = dynamic from 2**20; S > 0 starts at S and "
-                             "never grows")
+                        help="fp16 loss scale: 0 = dynamic from --init_loss_scale; S > 0 "
+                             "starts at S and never grows")
+    parser.add_argument("--init_loss_scale", type=float, default=2.0**20,
+                        help="fp16: the first dynamic loss scale")
     parser.add_argument("--gradient_accumulation_steps", type=int, default=1,
                         help="micro-batches per optimizer step")
     parser.add_argument("--local_rank", type=int, default=int(os.environ.get("LOCAL_RANK", "-1")),
                         help="set by the launcher; torchrun's LOCAL_RANK is read as well")
     parser.add_argument("--json-summary", dest="json_summary", default=None,
                         help="dllogger-format metrics file (default: <output_dir>/dllogger.json)")
-    parser.add_argument("--log_freq", type=int, default=1, help="log every N optimizer steps")
+    parser.add_argument("--log_freq", type=whole_number, default=1,
+                        help="log every N optimizer steps")
     parser.add_argument("--disable_progress_bar", "--disable-progress-bar",
                         dest="disable_progress_bar", action="store_true")
     parser.add_argument("--no_cuda", action="store_true", help="run on CPU even with a GPU")
@@ -182,14 +194,14 @@ def precision_of(args):
     return "fp16" if args.fp16 else "bf16" if args.bf16 else "fp32"
 
 
-def make_grad_scaler(precision, device, loss_scale=0.0):
-    """GradScaler for fp16 (dynamic from 2**20 as NVIDIA, or starting at a fixed scale that
-    never grows); disabled, a pass-through, for fp32 and bf16."""
+def make_grad_scaler(precision, device, loss_scale=0.0, init_loss_scale=2.0**20):
+    """GradScaler for fp16 (dynamic from init_loss_scale, 2**20 as NVIDIA, or starting at a
+    fixed loss_scale that never grows); disabled, a pass-through, for fp32 and bf16."""
     if precision != "fp16":
         return torch.amp.GradScaler(device.type, enabled=False)
     if loss_scale > 0:
         return torch.amp.GradScaler(device.type, init_scale=loss_scale, growth_interval=2**30)
-    return torch.amp.GradScaler(device.type, init_scale=2.0**20)
+    return torch.amp.GradScaler(device.type, init_scale=init_loss_scale)
 
 
 def optimizer_step(optimizer, scheduler, scaler, model=None, max_grad_norm=0.0):
@@ -271,15 +283,19 @@ def checkpoint_path(output_dir, step):
     return Path(output_dir) / f"ckpt_{step}.pt"
 
 
+def checkpoint_number(path):
+    """N of a ckpt_<N>.pt file, None for any other name."""
+    match = CHECKPOINT_PATTERN.match(Path(path).name)
+    return int(match.group(1)) if match else None
+
+
 def list_checkpoints(output_dir, first_number=0):
     """Checkpoint files in output_dir numbered first_number or later, newest (highest
     number) first."""
-    found = []
-    for path in Path(output_dir).glob("ckpt_*.pt"):
-        match = CHECKPOINT_PATTERN.match(path.name)
-        if match and int(match.group(1)) >= first_number:
-            found.append((int(match.group(1)), path))
-    return [path for _, path in sorted(found, reverse=True)]
+    numbered = [(checkpoint_number(path), path) for path in Path(output_dir).glob("ckpt_*.pt")]
+    kept = [(number, path) for number, path in numbered
+            if number is not None and number >= first_number]
+    return [path for _, path in sorted(kept, reverse=True)]
 
 
 def save_checkpoint(state, path, keep=3, first_number=0):

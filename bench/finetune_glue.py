@@ -78,7 +78,8 @@ def run(implementation, train_set, dev_tensors, options, weights, num_labels):
         train_batch_size=options.batch_size, gradient_accumulation_steps=1,
         learning_rate=options.learning_rate, warmup_proportion=options.warmup_proportion,
         num_train_epochs=options.epochs, max_steps=-1, seed=options.seed, fp16=False,
-        bf16=False, loss_scale=0.0, log_freq=50, disable_progress_bar=True)
+        bf16=False, loss_scale=0.0, init_loss_scale=2.0**20, log_freq=50,
+        disable_progress_bar=True)
     distributed = utils.Distributed(0, 0, 1, torch.device("cpu"))
     summary = finetuning.train(model, train_set, args, distributed,
                                utils.MetricLogger(None, enabled=False))

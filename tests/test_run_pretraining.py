@@ -315,3 +315,66 @@ def test_shards_smaller_than_a_global_batch_are_an_error_not_an_endless_loop(sha
                                          f"{rows + 1} instances"):
         next(iter(batches))
     batches.close()
+
+
+def layer_forwards_in_one_step(args, batch):
+    model = run_pretraining.build_model(args, torch.device("cpu")).train()
+    calls = []
+    for layer in model.bert.encoder.layer:
+        layer.register_forward_hook(lambda *_: calls.append(1))
+    model(**batch)[0].backward()
+    return len(calls), len(model.bert.encoder.layer)
+
+
+def test_activation_checkpointing_recomputes_the_layers_in_backward(shards, tmp_path):
+    batches = PretrainingBatches(sorted(shards[0].glob("*.hdf5")), 4, 0, 1, 0)
+    batch = next(iter(batches))
+    batches.close()
+    plain = layer_forwards_in_one_step(args_for(*shards, tmp_path), batch)
+    recomputed = layer_forwards_in_one_step(args_for(*shards, tmp_path,
+                                                     "--checkpoint_activations"), batch)
+    assert plain == (2, 2)
+    # Backward runs the layers' forward again (torch stops the last one early, once every
+    # tensor that backward needs exists again, so its hook may not fire).
+    assert recomputed[0] > recomputed[1]
+
+
+def test_activation_checkpointing_gives_the_same_training(shards, tmp_path):
+    """Dropout on: the recomputed forward must draw the same masks."""
+    run_pretraining.main(args_for(*shards, tmp_path / "plain", "--max_steps", 3))
+    run_pretraining.main(args_for(*shards, tmp_path / "recomputed", "--max_steps", 3,
+                                  "--checkpoint_activations"))
+    assert logged_losses(tmp_path / "recomputed") == logged_losses(tmp_path / "plain")
+    for key, tensor in final_weights(tmp_path / "plain")["model"].items():
+        torch.testing.assert_close(final_weights(tmp_path / "recomputed")["model"][key], tensor,
+                                   atol=1e-6, rtol=1e-5)
+
+
+def test_resume_step_picks_a_checkpoint_and_refuses_newer_ones_beside_it(shards, tmp_path):
+    run_pretraining.main(args_for(*shards, tmp_path / "whole"))
+    run_pretraining.main(args_for(*shards, tmp_path / "split", "--num_steps_per_checkpoint", 2))
+    with pytest.raises(FileExistsError, match=r"--resume_step 4: .* newer checkpoints "
+                                              r"\(ckpt_8.pt, ckpt_6.pt\); move them away"):
+        run_pretraining.main(args_for(*shards, tmp_path / "split", "--resume_from_checkpoint",
+                                      "--resume_step", 4))
+    for number in (6, 8):
+        (tmp_path / "split" / f"ckpt_{number}.pt").rename(tmp_path / f"ckpt_{number}.pt")
+    run_pretraining.main(args_for(*shards, tmp_path / "split", "--resume_from_checkpoint",
+                                  "--resume_step", 4))
+    for key, tensor in final_weights(tmp_path / "whole")["model"].items():
+        assert torch.equal(final_weights(tmp_path / "split")["model"][key], tensor), key
+    with pytest.raises(FileNotFoundError, match="--resume_step 5: .*ckpt_5.pt does not exist"):
+        run_pretraining.main(args_for(*shards, tmp_path / "split", "--resume_from_checkpoint",
+                                      "--resume_step", 5))
+
+
+def test_nvidia_style_arguments(shards, tmp_path):
+    """Counts given as floats, the first dynamic loss scale, and compatibility flags."""
+    args = args_for(*shards, tmp_path, "--log_freq", "2.0", "--fp16", "--init_loss_scale", 1024,
+                    "--max_steps", 1, "--resume_phase2", "--num_train_epochs", 1)
+    assert args.log_freq == 2
+    run_pretraining.main(args)
+    assert torch.load(tmp_path / "ckpt_1.pt", weights_only=True)["grad_scaler"]["scale"] in (
+        1024.0, 512.0)                              # 512: the first step overflowed
+    with pytest.raises(SystemExit):
+        args_for(*shards, tmp_path, "--log_freq", "1.5")
