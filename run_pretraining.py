@@ -149,6 +149,10 @@ def find_start(args):
                        args.output_dir, "from --init_checkpoint" if args.init_checkpoint
                        else "from scratch")
         return None, "weights" if args.init_checkpoint else "scratch"
+    if not {"model", "optimizer", "scheduler", "step"} <= set(state):
+        raise ValueError(f"{path} is not a run_pretraining.py checkpoint (it lacks the "
+                         "optimizer, schedule or step): to start from its weights, move it out "
+                         "of --output_dir and pass it as --init_checkpoint")
     if state.get("phase2", False) and not args.phase2:
         logger.info("phase 1 is finished: the newest checkpoint, %s, is phase 2's", path)
         return state, "finished"
@@ -272,6 +276,7 @@ def train(args, trainer, batches, start_step, metrics, distributed):
     sequences = args.train_batch_size * distributed.world_size
     step, skipped, final_loss = start_step, 0, float("nan")
     window_start, window_steps, started = time.monotonic(), 0, time.monotonic()
+    window_losses = 0.0  # summed (total, masked-LM, next-sentence) losses since the last log
     progress = utils.Progress(last_step - start_step, "pre-training", unit="step",
                               disable=args.disable_progress_bar or not distributed.is_main)
     stream = iter(batches)
@@ -281,16 +286,18 @@ def train(args, trainer, batches, start_step, metrics, distributed):
             skipped += 1
             continue
         step, window_steps = step + 1, window_steps + 1
+        window_losses = window_losses + losses
         final_loss = losses[0].item()
         progress.update(1, loss=f"{final_loss:.4f}")
         if step % args.log_freq == 0 or step == last_step:
             elapsed = time.monotonic() - window_start
-            metrics.log((int(args.phase2) + 1, step), {
-                "loss": final_loss, "mlm_loss": losses[1].item(), "nsp_loss": losses[2].item(),
+            total, masked_lm, next_sentence = (window_losses / window_steps).tolist()
+            metrics.log((int(args.phase2) + 1, step), {  # losses: means over the window
+                "loss": total, "mlm_loss": masked_lm, "nsp_loss": next_sentence,
                 "learning_rate": learning_rate,
                 "sequences_per_second": sequences * window_steps / elapsed,
                 "skipped_steps": skipped})
-            window_start, window_steps = time.monotonic(), 0
+            window_start, window_steps, window_losses = time.monotonic(), 0, 0.0
         stop = preemption.should_stop(distributed)
         if stop or step == last_step or step % args.num_steps_per_checkpoint == 0:
             save(checkpoint_state(trainer.model, trainer.optimizer, trainer.scheduler,

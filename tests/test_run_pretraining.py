@@ -378,3 +378,19 @@ def test_nvidia_style_arguments(shards, tmp_path):
         1024.0, 512.0)                              # 512: the first step overflowed
     with pytest.raises(SystemExit):
         args_for(*shards, tmp_path, "--log_freq", "1.5")
+
+
+def test_logged_losses_are_means_over_the_logging_window(shards, tmp_path):
+    run_pretraining.main(args_for(*shards, tmp_path / "every"))
+    run_pretraining.main(args_for(*shards, tmp_path / "fourth", "--log_freq", 4))
+    every = [loss for _, loss in logged_losses(tmp_path / "every")]
+    fourth = logged_losses(tmp_path / "fourth")
+    assert [step for step, _ in fourth] == [4, 8]
+    assert [loss for _, loss in fourth] == pytest.approx([np.mean(every[:4]),
+                                                          np.mean(every[4:])], rel=1e-6)
+
+
+def test_a_foreign_checkpoint_in_the_output_dir_is_named(shards, tmp_path):
+    torch.save({"model": {}}, tmp_path / "ckpt_5.pt")       # e.g. a weights-only file
+    with pytest.raises(ValueError, match=r"ckpt_5.pt is not a run_pretraining.py checkpoint"):
+        run_pretraining.main(args_for(*shards, tmp_path, "--resume_from_checkpoint"))
