@@ -38,11 +38,15 @@ KEYS = ("input_ids", "input_mask", "segment_ids", "masked_lm_positions", "masked
 
 
 def find_input_files(input_dir):
-    """('hdf5', files) or ('parquet', files) found in input_dir; a clear error otherwise."""
+    """('hdf5', files) or ('parquet', files) found in input_dir; a clear error otherwise.
+    HDF5 files named *training* are taken alone when there are any (NVIDIA's layout)."""
     folder = Path(input_dir)
     if not folder.is_dir():
         raise FileNotFoundError(f"--input_dir {input_dir} is not a directory")
     hdf5 = sorted(p for p in folder.iterdir() if p.suffix in (".hdf5", ".h5") and p.is_file())
+    training = [p for p in hdf5 if "training" in p.name]
+    if training:  # NVIDIA's bertPrep writes its test shards beside them; its loader skips them
+        return "hdf5", training
     if hdf5:
         return "hdf5", hdf5
     # LDDL names binned (phase 2) shards shard-<i>.parquet_<bin>.

@@ -13,7 +13,7 @@ import torch
 
 import run_pretraining
 from conftest import REPO, write_pretraining_inputs
-from pretraining_data import PretrainingBatches, read_shard
+from pretraining_data import PretrainingBatches, find_input_files, read_shard
 
 SEQ, PREDICTIONS = 48, 8
 
@@ -394,3 +394,14 @@ def test_a_foreign_checkpoint_in_the_output_dir_is_named(shards, tmp_path):
     torch.save({"model": {}}, tmp_path / "ckpt_5.pt")       # e.g. a weights-only file
     with pytest.raises(ValueError, match=r"ckpt_5.pt is not a run_pretraining.py checkpoint"):
         run_pretraining.main(args_for(*shards, tmp_path, "--resume_from_checkpoint"))
+
+
+def test_nvidia_layout_trains_on_the_training_shards_only(tmp_path):
+    for name in ("books_wiki_en_corpus_training_0.hdf5", "books_wiki_en_corpus_test_0.hdf5",
+                 "books_wiki_en_corpus_training_1.hdf5"):
+        (tmp_path / name).touch()
+    assert find_input_files(tmp_path) == (
+        "hdf5", [tmp_path / f"books_wiki_en_corpus_training_{i}.hdf5" for i in (0, 1)])
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "shard_0.hdf5").touch()
+    assert find_input_files(tmp_path / "other") == ("hdf5", [tmp_path / "other" / "shard_0.hdf5"])
