@@ -261,10 +261,9 @@ def save(state, step, args, distributed):
     if args.skip_checkpoint or not distributed.is_main:
         return
     offset = args.phase1_end_step if args.phase2 else 0
-    number = step + offset
-    utils.save_checkpoint(state, utils.checkpoint_path(args.output_dir, number),
-                          first_number=offset + 1 if args.phase2 else 0)
-    logger.info("saved checkpoint %s", utils.checkpoint_path(args.output_dir, number))
+    path = utils.checkpoint_path(args.output_dir, step + offset)
+    utils.save_checkpoint(state, path, first_number=offset + 1)  # retention within this phase
+    logger.info("saved checkpoint %s", path)
 
 
 def train(args, trainer, batches, start_step, metrics, distributed):

@@ -238,6 +238,23 @@ def _read_question(qa, paragraph, where, is_training, version_2_with_negative, r
     return example
 
 
+def _paragraphs(articles, source):
+    """(where, paragraph, questions) of every paragraph of a SQuAD data set, in file order:
+    `where` names its place in errors; `questions` yields (id, question) pairs, each checked
+    to have a string id as it is reached."""
+    for article_index, article in enumerate(articles):
+        article_where = _article_place(source, article_index, article)
+        paragraphs = _required(article, "paragraphs", list, article_where)
+        for paragraph_index, paragraph in enumerate(paragraphs):
+            where = f"{article_where}, paragraph {paragraph_index}"
+            yield where, paragraph, _identified_questions(paragraph, where)
+
+
+def _identified_questions(paragraph, where):
+    for question_index, qa in enumerate(_required(paragraph, "qas", list, where)):
+        yield _required(qa, "id", str, f"{where}, question {question_index}"), qa
+
+
 def read_squad_examples(path, is_training, version_2_with_negative):
     """SquadExamples of every question in the SQuAD file at `path`, in file order.
 
@@ -248,24 +265,19 @@ def read_squad_examples(path, is_training, version_2_with_negative):
     examples = []
     first_seen = {}
     read_log = _ReadLog()
-    for article_index, article in enumerate(dataset["data"]):
-        article_where = _article_place(path, article_index, article)
-        paragraphs = _required(article, "paragraphs", list, article_where)
-        for paragraph_index, paragraph in enumerate(paragraphs):
-            where = f"{article_where}, paragraph {paragraph_index}"
-            context = _required(paragraph, "context", str, where)
-            doc_tokens, char_to_word_offset = split_whitespace_words(context)
-            for question_index, qa in enumerate(_required(paragraph, "qas", list, where)):
-                qas_id = _required(qa, "id", str, f"{where}, question {question_index}")
-                if qas_id in first_seen:
-                    raise SquadFormatError(f"{where}: duplicate question id {qas_id!r} "
-                                           f"(first seen in {first_seen[qas_id]})")
-                first_seen[qas_id] = where
-                example = _read_question(qa, (context, doc_tokens, char_to_word_offset),
-                                         f"{where}, question {qas_id!r}", is_training,
-                                         version_2_with_negative, read_log)
-                if example is not None:
-                    examples.append(example)
+    for where, paragraph, questions in _paragraphs(dataset["data"], path):
+        context = _required(paragraph, "context", str, where)
+        doc_tokens, char_to_word_offset = split_whitespace_words(context)
+        for qas_id, qa in questions:
+            if qas_id in first_seen:
+                raise SquadFormatError(f"{where}: duplicate question id {qas_id!r} "
+                                       f"(first seen in {first_seen[qas_id]})")
+            first_seen[qas_id] = where
+            example = _read_question(qa, (context, doc_tokens, char_to_word_offset),
+                                     f"{where}, question {qas_id!r}", is_training,
+                                     version_2_with_negative, read_log)
+            if example is not None:
+                examples.append(example)
     read_log.report(path, is_training)
     return examples
 
@@ -719,20 +731,14 @@ def _f1_v2(prediction, ground_truth):
 def _questions(dataset_json, source):
     """Every question of the data set, each checked to have an id and a list of answers."""
     articles = dataset_json["data"] if isinstance(dataset_json, dict) else dataset_json
-    questions = []
-    for article_index, article in enumerate(articles):
-        article_where = _article_place(source, article_index, article)
-        for paragraph_index, paragraph in enumerate(
-                _required(article, "paragraphs", list, article_where)):
-            where = f"{article_where}, paragraph {paragraph_index}"
-            for question_index, qa in enumerate(_required(paragraph, "qas", list, where)):
-                qas_id = _required(qa, "id", str, f"{where}, question {question_index}")
-                for number, answer in enumerate(
-                        _required(qa, "answers", list, f"{where}, question {qas_id!r}")):
-                    _required(answer, "text", str, f"{where}, question {qas_id!r}, "
-                              f"answer {number}")
-                questions.append(qa)
-    return questions
+    checked = []
+    for where, _, questions in _paragraphs(articles, source):
+        for qas_id, qa in questions:
+            question_where = f"{where}, question {qas_id!r}"
+            for number, answer in enumerate(_required(qa, "answers", list, question_where)):
+                _required(answer, "text", str, f"{question_where}, answer {number}")
+            checked.append(qa)
+    return checked
 
 
 def _warn_missing(missing, total):
