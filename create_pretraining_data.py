@@ -48,6 +48,7 @@ import h5py
 import numpy as np
 
 from tokenization import FullTokenizer, load_vocab, lower_case_for_model
+import utils
 from utils import Progress, atomic_path, logger, setup_logging
 
 SPECIAL_TOKENS = ("[CLS]", "[SEP]", "[MASK]")
@@ -519,4 +520,4 @@ def main(args):
 
 if __name__ == "__main__":
     logging.captureWarnings(True)
-    main(parse_args())
+    utils.run_entry_point(main, parse_args)

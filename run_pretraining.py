@@ -352,4 +352,4 @@ def main(args):
 
 
 if __name__ == "__main__":
-    main(parse_args())
+    utils.run_entry_point(main, parse_args)

@@ -78,6 +78,20 @@ def atomic_write_text(path, text):
         temporary.write_text(text, encoding="utf-8")
 
 
+def check_writable_dir(path, flag):
+    """Creates the folder if needed and proves it writable with a throw-away file, so a run
+    that could not save its results fails before any work, naming the argument."""
+    folder = Path(path)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as e:
+        raise PermissionError(f"{flag} {path} is not a writable folder: "
+                              f"{e.strerror or e}") from None
+    return folder
+
+
 # ----------------------------------------------------------------------------- arguments
 
 def whole_number(text):
@@ -118,6 +132,46 @@ def check_precision_args(args):
         raise ValueError("choose one of --fp16/--amp and --bf16, not both")
     if args.gradient_accumulation_steps < 1:
         raise ValueError("--gradient_accumulation_steps must be at least 1")
+
+
+# ----------------------------------------------------------------------------- entry points
+
+REPOSITORY = Path(__file__).resolve().parent
+INPUT_ERRORS = (ValueError, OSError, ImportError)  # what our checks raise for bad input
+
+
+def run_entry_point(main, parse_args):
+    """The `__main__` block of every entry script: main(parse_args()).
+
+    Bad input that our own code reports (one of INPUT_ERRORS raised in a file of this
+    repository, not inside a library) prints as one line, `<script>: error: <message>`,
+    with status 1 and no traceback; under several ranks only rank 0 prints it and the others
+    exit quietly. Any other exception keeps its traceback, as does every exception with
+    BERT_TRACEBACK=1 in the environment.
+    """
+    try:
+        return main(parse_args())
+    except INPUT_ERRORS as e:
+        if os.environ.get("BERT_TRACEBACK") or not raised_in_repository(e):
+            raise
+        if _environment_ranks()[0] == 0:
+            print(f"{Path(sys.argv[0]).name}: error: {e}", file=sys.stderr)
+        sys.exit(1)
+
+
+def raised_in_repository(error):
+    """True when the innermost frame of the error's traceback is our code (not a library,
+    not a virtual environment inside the repository)."""
+    frame = error.__traceback__
+    if frame is None:
+        return False
+    while frame.tb_next is not None:
+        frame = frame.tb_next
+    path = Path(frame.tb_frame.f_code.co_filename).resolve()
+    if not path.is_relative_to(REPOSITORY):
+        return False
+    return not any(part.startswith(".") or part == "site-packages"
+                   for part in path.relative_to(REPOSITORY).parts)
 
 
 # ----------------------------------------------------------------------------- distributed
