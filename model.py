@@ -25,7 +25,6 @@ Deliberate deviations from NVIDIA's modeling.py:
 import json
 import math
 import os
-import pickle
 import shutil
 import tempfile
 from dataclasses import asdict, dataclass, fields
@@ -36,7 +35,7 @@ import torch.nn.functional as F
 import torch.utils.checkpoint
 from torch import nn
 
-from utils import atomic_write_text, logger
+from utils import atomic_write_text, load_tensors, logger
 
 try:  # apex's fused kernel when present; same parameter names as nn.LayerNorm
     from apex.normalization import FusedLayerNorm as LayerNorm
@@ -515,11 +514,7 @@ def read_state_dict(path):
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
         return load_file(str(path))
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError) as e:  # pickled code refused
-        raise ValueError(f"checkpoint {path} cannot be read as plain tensors "
-                         f"(torch.load with weights_only=True refused it: {e})") from None
+    checkpoint = load_tensors(path)  # plain tensors only: pickled code is refused
     if isinstance(checkpoint, dict) and isinstance(checkpoint.get("model"), dict):
         checkpoint = checkpoint["model"]
     if not isinstance(checkpoint, dict) or not all(

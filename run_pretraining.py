@@ -94,6 +94,9 @@ def parse_args(argv=None):
                         help="accepted for compatibility: training is bounded by --max_steps")
     parser.add_argument("--num_steps_per_checkpoint", type=int, default=100)
     parser.add_argument("--skip_checkpoint", action="store_true", help="write no checkpoints")
+    parser.add_argument("--max_skipped_steps", type=int, default=100,
+                        help="stop with an error after this many consecutive steps skipped by "
+                             "the fp16 loss scaler (inf/NaN gradients)")
     parser.add_argument("--phase2", action="store_true", help="this is phase 2 (seq 512)")
     parser.add_argument("--phase1_end_step", type=int, default=7038,
                         help="steps of phase 1; phase-2 checkpoint numbers continue from it")
@@ -111,7 +114,7 @@ def check_args(args):
     if args.train_batch_size % args.gradient_accumulation_steps:
         raise ValueError(f"--train_batch_size {args.train_batch_size} is not divisible by "
                          f"--gradient_accumulation_steps {args.gradient_accumulation_steps}")
-    for flag in ("max_steps", "log_freq", "num_steps_per_checkpoint"):
+    for flag in ("max_steps", "log_freq", "num_steps_per_checkpoint", "max_skipped_steps"):
         if getattr(args, flag) < 1:
             raise ValueError(f"--{flag} must be at least 1, got {getattr(args, flag)}")
     if args.resume_step >= 0 and not args.resume_from_checkpoint:
@@ -172,7 +175,7 @@ def chosen_checkpoint(args, existing):
     if newer:
         raise FileExistsError(f"--resume_step {args.resume_step}: {args.output_dir} also holds "
                               f"newer checkpoints ({', '.join(newer)}); move them away first")
-    return path, torch.load(path, map_location="cpu", weights_only=True)
+    return path, utils.load_tensors(path)
 
 
 def restore(state, how, args, model, optimizer, scheduler, scaler):
@@ -196,9 +199,27 @@ def wrap_ddp(model, args, distributed):
     ddp = DistributedDataParallel(model, device_ids=[distributed.device] if
                                   distributed.device.type == "cuda" else None)
     if args.allreduce_post_accumulation_fp16:
-        from torch.distributed.algorithms.ddp_comm_hooks import default_hooks
-        ddp.register_comm_hook(None, default_hooks.fp16_compress_hook)
+        ddp.register_comm_hook(None, fp16_mean_allreduce_hook)
     return ddp
+
+
+def fp16_mean_allreduce_hook(process_group, bucket):
+    """DDP communication hook: the mean of the gradients over ranks, sent in fp16.
+
+    It divides by the world size before the cast (torch's fp16_compress_hook casts first):
+    a rank's gradient above fp16's 65504 whose mean fits would otherwise become inf, and
+    the loss scaler would settle world-size times lower than it needs to.
+    """
+    group = process_group if process_group is not None else torch.distributed.group.WORLD
+    gradients = bucket.buffer()
+    compressed = gradients.div(group.size()).to(torch.float16)
+    future = torch.distributed.all_reduce(compressed, group=group, async_op=True).get_future()
+
+    def decompress(done):
+        gradients.copy_(done.value()[0])
+        return gradients
+
+    return future.then(decompress)
 
 
 def make_batches(args, distributed, micro_batch, position):
@@ -267,38 +288,33 @@ def save(state, step, args, distributed):
 
 
 def train(args, trainer, batches, start_step, metrics, distributed):
-    """The loop: steps until max_steps, steps_this_run or pre-emption; checkpoints."""
+    """The loop: steps until max_steps, steps_this_run or pre-emption; checkpoints. Steps
+    the fp16 loss scaler skips (inf/NaN gradients) do not count; --max_skipped_steps of them
+    in a row stop the run with an error. Returns (step, final loss, seconds)."""
     max_steps = int(args.max_steps)
     last_step = max_steps if args.steps_this_run < 0 else min(max_steps,
                                                                 start_step + args.steps_this_run)
     preemption = utils.PreemptionFlag()
-    sequences = args.train_batch_size * distributed.world_size
-    step, skipped, final_loss = start_step, 0, float("nan")
-    window_start, window_steps, started = time.monotonic(), 0, time.monotonic()
-    window_losses = 0.0  # summed (total, masked-LM, next-sentence) losses since the last log
+    phase = int(args.phase2) + 1
+    step, skipped, skipped_in_a_row, final_losses = start_step, 0, 0, None
+    log_window = LogWindow(args.train_batch_size * distributed.world_size)
     progress = utils.Progress(last_step - start_step, "pre-training", unit="step",
                               disable=args.disable_progress_bar or not distributed.is_main)
-    stream = iter(batches)
+    stream, started = iter(batches), time.monotonic()
     while step < last_step:
         losses, learning_rate, applied = trainer.step(stream)
-        if not applied:
-            skipped += 1
-            continue
-        step, window_steps = step + 1, window_steps + 1
-        window_losses = window_losses + losses
-        final_loss = losses[0].item()
-        progress.update(1, loss=f"{final_loss:.4f}")
-        if step % args.log_freq == 0 or step == last_step:
-            elapsed = time.monotonic() - window_start
-            total, masked_lm, next_sentence = (window_losses / window_steps).tolist()
-            metrics.log((int(args.phase2) + 1, step), {  # losses: means over the window
-                "loss": total, "mlm_loss": masked_lm, "nsp_loss": next_sentence,
-                "learning_rate": learning_rate,
-                "sequences_per_second": sequences * window_steps / elapsed,
-                "skipped_steps": skipped})
-            window_start, window_steps, window_losses = time.monotonic(), 0, 0.0
-        stop = preemption.should_stop(distributed)
-        if stop or step == last_step or step % args.num_steps_per_checkpoint == 0:
+        if applied:
+            step, skipped_in_a_row, final_losses = step + 1, 0, losses
+            log_window.add(losses)
+            progress.update(1)
+            if step % args.log_freq == 0 or step == last_step:
+                metrics.log((phase, step), log_window.summary(learning_rate, skipped),
+                            label=f"phase {phase} step {step}/{max_steps}")
+        else:
+            skipped, skipped_in_a_row = skipped + 1, skipped_in_a_row + 1
+            check_skipped_steps(skipped_in_a_row, args.max_skipped_steps, trainer.scaler, step)
+        stop = preemption.should_stop(distributed)  # every iteration, skipped or not
+        if stop or applied and (step == last_step or step % args.num_steps_per_checkpoint == 0):
             save(checkpoint_state(trainer.model, trainer.optimizer, trainer.scheduler,
                                   trainer.scaler, step, batches, args, distributed),
                  step, args, distributed)
@@ -306,7 +322,44 @@ def train(args, trainer, batches, start_step, metrics, distributed):
             logger.warning("received %s: saved step %d, exiting", preemption.received, step)
             break
     progress.close()
+    final_loss = final_losses[0].item() if final_losses is not None else float("nan")
     return step, final_loss, time.monotonic() - started
+
+
+class LogWindow:
+    """Losses and time since the last log line: logged losses are means over the window
+    (NVIDIA's average_loss). Summing stays on the device; the host reads it at log time."""
+
+    def __init__(self, sequences_per_step):
+        self.sequences_per_step = sequences_per_step
+        self._reset()
+
+    def _reset(self):
+        self.start, self.steps, self.losses = time.monotonic(), 0, 0.0
+
+    def add(self, losses):
+        self.steps, self.losses = self.steps + 1, self.losses + losses
+
+    def summary(self, learning_rate, skipped):
+        total, masked_lm, next_sentence = (self.losses / self.steps).tolist()
+        values = {"loss": total, "mlm_loss": masked_lm, "nsp_loss": next_sentence,
+                  "learning_rate": learning_rate,
+                  "sequences_per_second": self.sequences_per_step * self.steps
+                  / (time.monotonic() - self.start),
+                  "skipped_steps": skipped}
+        self._reset()
+        return values
+
+
+def check_skipped_steps(in_a_row, limit, scaler, step):
+    """A loss that is never finite would otherwise skip steps forever while the loss scale
+    halves towards zero."""
+    if in_a_row >= limit:
+        raise FloatingPointError(
+            f"{in_a_row} optimizer steps in a row were skipped after step {step} because the "
+            f"gradients held inf/NaN (loss scale now {scaler.get_scale():.3g}): the loss "
+            "diverged. Lower --learning_rate, check the input data, or resume from an earlier "
+            "checkpoint (--max_skipped_steps sets this limit)")
 
 
 def main(args):
@@ -314,6 +367,9 @@ def main(args):
     distributed = utils.init_distributed(args.no_cuda)
     utils.setup_logging(distributed.is_main)
     utils.seed_everything(args.seed, distributed.rank)
+    if distributed.is_main:
+        utils.check_writable_dir(args.output_dir, "--output_dir")
+        utils.remove_partial_checkpoints(args.output_dir)
     micro_batch = args.train_batch_size // args.gradient_accumulation_steps
     metrics = utils.MetricLogger(args.json_summary or f"{args.output_dir}/dllogger.json",
                                  enabled=distributed.is_main)

@@ -15,13 +15,17 @@ import contextlib
 import datetime
 import importlib.util
 import json
+import linecache
 import logging
 import os
+import pickle
 import re
 import signal
 import sys
 import tempfile
 import time
+import warnings
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -160,18 +164,22 @@ def run_entry_point(main, parse_args):
 
 
 def raised_in_repository(error):
-    """True when the innermost frame of the error's traceback is our code (not a library,
-    not a virtual environment inside the repository)."""
+    """True when the error comes from a raise statement in our code (not in a library, not
+    in a virtual environment inside the repository)."""
     frame = error.__traceback__
     if frame is None:
         return False
     while frame.tb_next is not None:
         frame = frame.tb_next
     path = Path(frame.tb_frame.f_code.co_filename).resolve()
-    if not path.is_relative_to(REPOSITORY):
+    if not path.is_relative_to(REPOSITORY) or any(
+            part.startswith(".") or part == "site-packages"
+            for part in path.relative_to(REPOSITORY).parts):
         return False
-    return not any(part.startswith(".") or part == "site-packages"
-                   for part in path.relative_to(REPOSITORY).parts)
+    # A C function called from our code (int("x"), a numpy cast) adds no frame of its own:
+    # only a raise statement of ours counts.
+    line = linecache.getline(str(path), frame.tb_lineno).lstrip()
+    return line.startswith("raise ")
 
 
 # ----------------------------------------------------------------------------- distributed
@@ -262,17 +270,26 @@ def optimizer_step(optimizer, scheduler, scaler, model=None, max_grad_norm=0.0):
     """Unscale, optionally clip the global gradient norm, step, advance the schedule.
     Returns False when the fp16 scaler skipped the step (inf/NaN gradients); the schedule
     then stays where it is, as NVIDIA's "dynamic step"."""
+    if scaler.is_enabled():
+        scaler.unscale_(optimizer)  # finds inf/NaN gradients, read below
     if max_grad_norm > 0:
-        scaler.unscale_(optimizer)
         torch.nn.utils.clip_grad_norm_(model.parameters(), max_grad_norm)
-    scale = scaler.get_scale() if scaler.is_enabled() else None
+    skipped = scaler.is_enabled() and found_inf(scaler, optimizer)
     scaler.step(optimizer)
     scaler.update()
     optimizer.zero_grad()  # frees the gradients; apex's FusedLAMB.zero_grad takes no arguments
-    if scale is not None and scaler.get_scale() < scale:
+    if skipped:
         return False
     scheduler.step()
     return True
+
+
+def found_inf(scaler, optimizer):
+    """Whether the unscaled gradients hold inf/NaN: the scaler's own verdict, which decides
+    whether it skips the step (comparing loss scales instead fails once the scale reaches 0
+    under a loss that is never finite). One host sync."""
+    flags = scaler._found_inf_per_device(optimizer)  # noqa: SLF001 - no public accessor
+    return bool(sum(flag.item() for flag in flags.values()))
 
 
 # ----------------------------------------------------------------------------- logging
@@ -312,12 +329,13 @@ class MetricLogger:
     def parameters(self, values):
         self._write("PARAMETER", "PARAMETER", values)
 
-    def log(self, step, values):
-        """step: a tuple such as (phase, step) or () for the final summary."""
+    def log(self, step, values, label=None):
+        """step: a tuple such as (phase, step) or () for the final summary; label: how the
+        readable line names the step (default: the tuple's items, e.g. "train 50")."""
         self._write("LOG", list(step), values)
         if self.enabled:
-            where = f"step {'/'.join(map(str, step))}: " if step else "summary: "
-            logger.info(where + ", ".join(f"{k} {_fmt(v)}" for k, v in values.items()))
+            where = label or (" ".join(map(str, step)) if step else "summary")
+            logger.info(where + ": " + ", ".join(f"{k} {_fmt(v)}" for k, v in values.items()))
 
     def close(self):
         if self.file is not None:
@@ -362,14 +380,61 @@ def save_checkpoint(state, path, keep=3, first_number=0):
 
 
 def load_latest_checkpoint(output_dir):
-    """(path, state) of the newest readable checkpoint, or (None, None). A truncated or
-    otherwise unreadable file is skipped with a warning (a crash during a copy, a full disk)."""
+    """(path, state) of the newest readable checkpoint, or (None, None). An unreadable file
+    (truncated by a crash or a full disk, empty, not a checkpoint at all) is skipped with a
+    warning that names it and says why."""
     for path in list_checkpoints(output_dir):
         try:
-            return path, torch.load(path, map_location="cpu", weights_only=True)
-        except (RuntimeError, EOFError, OSError, ValueError) as e:
-            logger.warning("skipping unreadable checkpoint %s: %s", path, e)
+            return path, load_tensors(path)
+        except UnreadableCheckpoint as e:
+            logger.warning("skipping unreadable checkpoint %s", e)
     return None, None
+
+
+class UnreadableCheckpoint(ValueError):
+    """A checkpoint file that torch.load(weights_only=True) cannot read; the message names
+    the file and the reason in plain words."""
+
+
+def load_tensors(path):
+    """torch.load(path, weights_only=True) on the CPU: tensors and plain values only, never
+    pickled code. Failures raise UnreadableCheckpoint without torch's advice to retry with
+    weights_only=False, which is exactly the unsafe thing."""
+    path = Path(path)
+    if path.stat().st_size == 0:
+        raise UnreadableCheckpoint(f"{path}: the file is empty (0 bytes)")
+    if not zipfile.is_zipfile(path):
+        raise UnreadableCheckpoint(f"{path}: not a torch checkpoint (torch saves a zip "
+                                   "archive; this file is truncated, or another format)")
+    try:
+        with warnings.catch_warnings():  # torch warns about the pickle protocol of bad files
+            warnings.simplefilter("ignore", UserWarning)
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        detail = re.search(r"WeightsUnpickler error: ([^\n]*)", str(e))
+        raise UnreadableCheckpoint(
+            f"{path}: it holds objects other than tensors and plain values, which are "
+            f"refused because loading them could run code"
+            + (f" ({detail.group(1).strip()})" if detail else "")) from None
+    except (RuntimeError, EOFError, OSError, ValueError) as e:
+        first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise UnreadableCheckpoint(f"{path}: corrupted or truncated ({first_line})") from None
+
+
+TEMPORARY_CHECKPOINT = re.compile(r"^\.ckpt_\d+\.pt\..+\.tmp$")  # atomic_path's names
+
+
+def remove_partial_checkpoints(output_dir):
+    """Deletes the temporary files of checkpoint saves that were killed half-way (only
+    names atomic_path gives ckpt_<N>.pt), which nothing else would ever remove; says so."""
+    leftovers = [p for p in Path(output_dir).glob(".ckpt_*.tmp")
+                 if TEMPORARY_CHECKPOINT.match(p.name) and p.is_file()]
+    for path in leftovers:
+        size = path.stat().st_size
+        path.unlink(missing_ok=True)
+        logger.warning("removed %s (%.1f MB), left by a checkpoint save that was interrupted",
+                       path, size / 1e6)
+    return leftovers
 
 
 def rng_state():
@@ -411,9 +476,12 @@ class PreemptionFlag:
         self.received = signal.Signals(signum).name
 
     def should_stop(self, distributed):
+        """Whether any rank received the signal (one all-reduce and host sync with several
+        ranks; none for one process)."""
+        if not distributed.enabled:
+            return self.received is not None
         flag = torch.tensor([1.0 if self.received else 0.0], device=distributed.device)
-        if distributed.enabled:
-            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
         return bool(flag.item())
 
 

@@ -285,7 +285,7 @@ def test_sigterm_saves_a_checkpoint_and_exits_cleanly(shards, tmp_path):
     process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                text=True)
     for line in process.stdout:
-        if "step 1/3:" in line:
+        if "phase 1 step 3/" in line:
             break
     process.send_signal(signal.SIGTERM)
     output = process.communicate(timeout=60)[0]
