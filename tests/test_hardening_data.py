@@ -16,6 +16,7 @@ import pytest
 
 import create_pretraining_data as cpd
 from conftest import REPO, SAMPLE, SPECIALS, sample_documents, write_vocab
+from data import bertPrep
 from data.fetch import DownloadError, fetch
 from tokenization import FullTokenizer, load_vocab
 
@@ -107,6 +108,18 @@ def test_casing_mismatch_is_warned_once_naming_the_flag(corpus, tmp_path, caplog
                       "--dupe_factor", 1))
     assert sum("is uncased" in m for m in warnings_of(caplog)) == 1
 
+
+def test_bertprep_warns_of_a_casing_mismatch_in_its_own_flags(corpus, tmp_path, caplog):
+    """bertPrep captures create_pretraining_data's output, so it checks once itself."""
+    caplog.set_level(logging.WARNING, logger="bert")
+    args = bertPrep.parse_args(["--action", "create_hdf5_files", "--dataset", "sample",
+                                "--working_dir", str(tmp_path), "--vocab_file", str(corpus[1]),
+                                "--do_lower_case", "0"])
+    with pytest.raises(FileNotFoundError, match="no text shards"):
+        bertPrep.main(args)
+    (message,) = warnings_of(caplog)
+    assert f"vocab file {str(corpus[1])!r} is uncased" in message
+    assert message.endswith(": pass --do_lower_case 1")
 
 def test_a_text_mostly_unknown_to_the_vocabulary_is_warned_of(corpus, tmp_path, caplog):
     text, vocab = corpus
