@@ -26,17 +26,29 @@ Deliberate deviations from Google's/NVIDIA's script:
 - Whole-word masking (--whole_word_masking) stops at the first word that would exceed the
   prediction budget, where Google's code skips it and tries later (shorter) words.
 - --do_lower_case can be switched off (--no-do_lower_case); by default it follows
-  --bert_model ("uncased"/"cased" in the name), and is on for unknown names.
+  --bert_model ("uncased"/"cased" in the name), and is on for unknown names. A setting
+  that contradicts the vocabulary's casing is warned of, and so is a text of which more
+  than 5% of the tokens are [UNK].
+- Inputs are checked before any work: a binary file (a NUL byte, or mostly bytes that are
+  not UTF-8) is an error naming it where Google's script decodes anything; an output
+  folder that cannot be written is an error naming --output_file.
+- Workers die with the main process (Linux PR_SET_PDEATHSIG), and files under the output
+  prefix that the run did not write (an earlier run's shards) are named in a warning.
 """
 
 import argparse
 import bisect
+import ctypes
 import functools
 import glob
 import itertools
 import logging
+import multiprocessing
 import os
 import random
+import re
+import signal
+import sys
 import time
 from collections import deque
 from concurrent.futures import ProcessPoolExecutor
@@ -47,12 +59,15 @@ from typing import NamedTuple
 import h5py
 import numpy as np
 
-from tokenization import FullTokenizer, load_vocab, lower_case_for_model
+from tokenization import (FullTokenizer, binary_content, load_vocab, lower_case_for_model,
+                          warn_on_casing_mismatch)
 import utils
 from utils import Progress, atomic_path, logger, setup_logging
 
-SPECIAL_TOKENS = ("[CLS]", "[SEP]", "[MASK]")
+SPECIAL_TOKENS = ("[CLS]", "[SEP]", "[MASK]", "[UNK]")
 MIN_SEQ_LENGTH = 5  # [CLS] a [SEP] b [SEP]
+MAX_UNKNOWN_SHARE = 0.05  # more [UNK] in the text than this: wrong vocabulary or casing
+SNIFF_BYTES = 1 << 16  # read from every input up front, so a binary one fails before any work
 
 
 def parse_args(argv=None):
@@ -122,6 +137,7 @@ def validate(args):
     do_lower_case = args.do_lower_case
     if do_lower_case is None:
         do_lower_case = lower_case_for_model(args.bert_model) is not False
+    warn_on_casing_mismatch(vocab, do_lower_case, args.vocab_file)
     return Options(args.vocab_file, do_lower_case, not args.no_fast_tokenizer,
                    args.max_seq_length, args.max_predictions_per_seq, args.masked_lm_prob,
                    args.dupe_factor, args.short_seq_prob, args.random_seed,
@@ -148,20 +164,37 @@ def expand_input_files(patterns):
 
 # ----------------------------------------------------------------------------- reading
 
+def check_text_files(files):
+    """Refuses, before any work, an input whose first bytes show it is not text."""
+    for path in files:
+        with open(path, "rb") as f:
+            decode_text(f.read(SNIFF_BYTES), path, 0)
+
+
+def decode_text(data, path, offset):
+    """Bytes of `path` from `offset` -> str. A binary file (NUL bytes, mostly undecodable)
+    is a ValueError naming it; a few bad bytes in real text become U+FFFD, as in BERT."""
+    reason = binary_content(data, offset)
+    if reason:
+        raise ValueError(f"--input_file {path} is not text ({reason}): expected UTF-8 text, "
+                         f"one sentence per line, a blank line between documents")
+    return data.decode("utf-8", errors="replace")
+
+
 def read_shards(files, shard_bytes):
     """Streams (text, n_bytes) shards of whole documents, about shard_bytes each; a shard
     never spans two files, so documents keep their file's boundaries."""
     for path in files:
-        lines, size = [], 0
+        lines, size, offset = [], 0, 0
         with open(path, "rb") as f:
             for line in f:
                 lines.append(line)
                 size += len(line)
                 if size >= shard_bytes and not line.strip():
-                    yield b"".join(lines).decode("utf-8", errors="replace"), size
-                    lines, size = [], 0
+                    yield decode_text(b"".join(lines), path, offset), size
+                    lines, offset, size = [], offset + size, 0
         if lines:
-            yield b"".join(lines).decode("utf-8", errors="replace"), size
+            yield decode_text(b"".join(lines), path, offset), size
 
 
 class Document(NamedTuple):
@@ -361,9 +394,10 @@ def apply_masks(input_ids, positions, valid, options, mask_id, vocab_size, np_rn
 
 @functools.lru_cache(maxsize=1)
 def _tokenizer_for(options):
-    """One tokenizer per worker process, built on first use (not inherited via fork)."""
+    """One tokenizer per worker process, built on first use (not inherited via fork); the
+    casing was checked once, in validate."""
     return FullTokenizer(options.vocab_file, options.do_lower_case,
-                         use_fast=None if options.use_fast else False)
+                         use_fast=None if options.use_fast else False, check_casing=False)
 
 
 def create_pairs(text, shard_index, options):
@@ -443,8 +477,9 @@ def shard_path(output_file, shard_index, single):
 def process_shard(text, shard_index, options, output_file, single):
     """Worker entry: creates, writes and summarises one shard."""
     flat, pairs, documents, np_rng = create_pairs(text, shard_index, options)
+    unknown = int(np.count_nonzero(flat == _tokenizer_for(options).vocab["[UNK]"]))
     summary = {"documents": documents, "instances": len(pairs), "tokens": 0, "masked": 0,
-               "path": None}
+               "text_tokens": len(flat), "unknown": unknown, "path": None}
     if len(pairs):
         path = shard_path(output_file, shard_index, single)
         summary["tokens"], summary["masked"] = write_shard(flat, pairs, options, path, np_rng)
@@ -454,7 +489,18 @@ def process_shard(text, shard_index, options, output_file, single):
 
 # ----------------------------------------------------------------------------- main
 
-def _one_thread_per_worker():
+def die_with_parent(parent_pid):
+    """Makes this (forked) process die with its parent: Linux sends it SIGKILL when the
+    parent ends (PR_SET_PDEATHSIG), so a killed run (kill -9, an OOM kill) leaves no orphan
+    working on. Elsewhere it does nothing."""
+    if sys.platform.startswith("linux"):
+        ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG
+    if os.getppid() != parent_pid:  # the parent was gone before prctl
+        os._exit(1)
+
+
+def _init_worker(parent_pid):
+    die_with_parent(parent_pid)
     # The processes already use every core; the tokenizer's own threads would oversubscribe.
     os.environ["TOKENIZERS_PARALLELISM"] = "false"
 
@@ -462,10 +508,11 @@ def _one_thread_per_worker():
 def run_shards(shards, options, args, single, progress):
     """Runs process_shard over the stream, at most two shards per worker in flight."""
     num_workers = args.num_workers or len(os.sched_getaffinity(0))
-    totals = {"documents": 0, "instances": 0, "tokens": 0, "masked": 0, "bytes": 0, "files": []}
+    counts = ("documents", "instances", "tokens", "masked", "text_tokens", "unknown")
+    totals = dict.fromkeys(counts, 0) | {"bytes": 0, "files": []}
 
     def record(result, size):
-        for key in ("documents", "instances", "tokens", "masked"):
+        for key in counts:
             totals[key] += result[key]
         totals["bytes"] += size
         if result["path"]:
@@ -476,7 +523,9 @@ def run_shards(shards, options, args, single, progress):
         for index, (text, size) in enumerate(shards):
             record(process_shard(text, index, options, args.output_file, single), size)
         return totals
-    with ProcessPoolExecutor(num_workers, initializer=_one_thread_per_worker) as pool:
+    # fork: a worker's parent is this process, which die_with_parent checks.
+    with ProcessPoolExecutor(num_workers, mp_context=multiprocessing.get_context("fork"),
+                             initializer=_init_worker, initargs=(os.getpid(),)) as pool:
         pending = deque()
         for index, (text, size) in enumerate(shards):
             pending.append((pool.submit(process_shard, text, index, options,
@@ -490,7 +539,7 @@ def run_shards(shards, options, args, single, progress):
     return totals
 
 
-def summarize(totals, seconds):
+def summarize(totals, seconds, vocab_file):
     if totals["instances"] == 0:
         raise ValueError("the input holds no text: no document produced an instance "
                          "(expected one sentence per line, a blank line between documents)")
@@ -501,12 +550,39 @@ def summarize(totals, seconds):
                 "%.1f s, %.2f MB of text, %.2f MB/s",
                 f"{totals['documents']:,}", f"{totals['instances']:,}", f"{totals['tokens']:,}",
                 totals["masked"] / totals["tokens"], seconds, megabytes, megabytes / seconds)
+    unknown_share = totals["unknown"] / max(totals["text_tokens"], 1)
+    if unknown_share > MAX_UNKNOWN_SHARE:
+        logger.warning("%.1f%% of the text's tokens are [UNK] (%s of %s): --vocab_file %s does "
+                       "not fit the text; is it the model's vocabulary, with the matching "
+                       "--do_lower_case?", 100 * unknown_share, f"{totals['unknown']:,}",
+                       f"{totals['text_tokens']:,}", vocab_file)
+
+
+def warn_of_stale_shards(output_file, written):
+    """Names files under the output prefix that this run did not write (an earlier run's
+    shards): run_pretraining.py reads every HDF5 file of its --input_dir."""
+    output_file = Path(output_file)
+    shard_name = re.compile(rf"{re.escape(output_file.stem)}_\d{{5,}}"
+                            rf"{re.escape(output_file.suffix or '.hdf5')}")
+    ours = {Path(path).name for path in written}
+    stale = sorted(path for path in output_file.parent.iterdir()
+                   if (path.name == output_file.name or shard_name.fullmatch(path.name))
+                   and path.name not in ours and path.is_file())
+    if stale:
+        logger.warning("--output_file %s: %d file(s) with its prefix were not written by this "
+                       "run but by an earlier one (%s%s); run_pretraining.py would read them "
+                       "too: delete them, or write to a new folder", output_file, len(stale),
+                       ", ".join(str(path) for path in stale[:3]),
+                       " ..." if len(stale) > 3 else "")
 
 
 def main(args):
     setup_logging()
     options = validate(args)
     files = expand_input_files(args.input_file)
+    check_text_files(files)
+    utils.check_writable_dir(Path(args.output_file).parent,
+                             f"--output_file {args.output_file}: its folder")
     shard_bytes = int(args.shard_size_mb * 1e6)
     total_bytes = sum(f.stat().st_size for f in files)
     single = len(files) == 1 and total_bytes <= shard_bytes
@@ -514,7 +590,8 @@ def main(args):
     with Progress(total_bytes, "creating instances", unit="B",
                   disable=args.disable_progress_bar) as progress:
         totals = run_shards(read_shards(files, shard_bytes), options, args, single, progress)
-    summarize(totals, time.monotonic() - start)
+    summarize(totals, time.monotonic() - start, args.vocab_file)
+    warn_of_stale_shards(args.output_file, totals["files"])
     return totals
 
 

@@ -29,37 +29,88 @@ Deviations from the original (NVIDIA's tokenization.py, after Google's):
   NVIDIA and `tokenizers` have none, so decomposed accents in cased text stay
   decomposed here.
 * `lower_case_for_model` maps a model name such as "bert-large-uncased" to the
-  lower-casing it implies.
+  lower-casing it implies, and FullTokenizer warns when `do_lower_case`
+  contradicts the vocab (an uncased one has no upper-case pieces), which the
+  original leaves silent although capitalised words then become [UNK].
+* A binary vocab file (NUL bytes, mostly undecodable) or one that is not UTF-8
+  is a ValueError naming it, not a bare UnicodeDecodeError.
 """
 
 import collections
+import io
+import logging
 import os
 import re
 import unicodedata
 
 SPECIAL_TOKENS = ("[UNK]", "[SEP]", "[PAD]", "[CLS]", "[MASK]")
 UNK_TOKEN = "[UNK]"
+# What to do about a casing mismatch, (to lower-case, not to), in every entry script's words.
+CASING_REMEDIES = ("pass --do_lower_case (or an uncased --bert_model, which sets its default)",
+                   "pass --no-do_lower_case (or a cased --bert_model, which sets its default)")
+# Below this share of word pieces with an upper-case letter, a vocab is taken for uncased:
+# cased BERT vocabs hold thousands of capitalised words, uncased ones none; the margin
+# keeps a stray capital in a mostly uncased vocab from flipping the verdict.
+MIN_CASED_SHARE = 0.01
+
+logger = logging.getLogger("bert")  # utils.logger, without importing torch here
 
 
 def load_vocab(vocab_file):
     """Read a WordPiece vocab: one token per line, the line index is its id.
 
     Returns an OrderedDict token -> id. Raises FileNotFoundError or ValueError
-    naming the file when it is missing or holds no tokens.
+    naming the file when it is missing, binary, not UTF-8 or holds no tokens.
     """
     vocab_file = os.fspath(vocab_file)
     if not os.path.isfile(vocab_file):
         raise FileNotFoundError(
             f"vocab file {vocab_file!r} does not exist: pass the path of a BERT "
             "vocab.txt (one WordPiece token per line)")
+    with open(vocab_file, "rb") as reader:
+        data = reader.read()
+    reason = binary_content(data)
+    if reason:
+        raise ValueError(f"vocab file {vocab_file!r} is not a text file ({reason}): pass "
+                         "the path of a BERT vocab.txt (one WordPiece token per line)")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise ValueError(f"vocab file {vocab_file!r} is not UTF-8 (byte {error.start}): a "
+                         "token with a replaced byte would never match; re-encode it "
+                         "as UTF-8") from None
     vocab = collections.OrderedDict()
-    with open(vocab_file, "r", encoding="utf-8") as reader:
-        for index, line in enumerate(reader):
-            vocab[line.rstrip()] = index
+    for index, line in enumerate(io.StringIO(text, newline=None)):  # \r\n or \n lines
+        vocab[line.rstrip()] = index
     if not vocab:
         raise ValueError(f"vocab file {vocab_file!r} is empty: "
                          "expected one WordPiece token per line")
     return vocab
+
+
+# Above this share of characters that are not UTF-8, input is taken for binary, not text.
+MAX_UNDECODABLE_SHARE = 0.1
+
+
+def binary_content(data, offset=0):
+    """Why the bytes `data` are not text, or None: a NUL byte, or more than
+    MAX_UNDECODABLE_SHARE of undecodable characters. A few bad bytes (text
+    with a stray Latin-1 character) are not a reason. `offset` is the position
+    of `data` in its file, added to the byte named in the reason."""
+    nul = data.find(b"\x00")
+    if nul >= 0:
+        return f"a NUL byte at byte {offset + nul}"
+    try:
+        data.decode("utf-8")
+        return None
+    except UnicodeDecodeError:
+        text = data.decode("utf-8", errors="replace")
+    # Each undecodable sequence became one U+FFFD; those encoded in the file were text.
+    undecodable = text.count("\ufffd") - data.count("\ufffd".encode("utf-8"))
+    if undecodable > MAX_UNDECODABLE_SHARE * len(text):
+        where = f" from byte {offset} on" if offset else ""
+        return f"{undecodable / len(text):.0%} of its characters{where} are not UTF-8"
+    return None
 
 
 def lower_case_for_model(bert_model):
@@ -71,6 +122,36 @@ def lower_case_for_model(bert_model):
     if "cased" in name:
         return False
     return None
+
+
+def casing_mismatch(vocab, do_lower_case, vocab_file, remedies=CASING_REMEDIES):
+    """A message for people when `do_lower_case` contradicts the vocab's casing,
+    else None. Uncased vocabs have no upper-case pieces, so unlowered capitals
+    become [UNK]; cased ones never saw lower-cased, accent-stripped text.
+    `remedies`: what to do, in the caller's flags: (lower-case, do not)."""
+    pieces = [token for token in vocab if not (token.startswith("[") and token.endswith("]"))]
+    with_case = sum(token.lower() != token.upper() for token in pieces)
+    upper = sum(token.lower() != token for token in pieces)
+    if not with_case:
+        return None  # no letters with case (digits, CJK): nothing to match
+    cased = upper >= MIN_CASED_SHARE * with_case
+    if cased and do_lower_case:
+        return (f"vocab file {vocab_file!r} is cased ({upper:,} of its {with_case:,} word "
+                f"pieces with letters have upper-case ones) but the text is lower-cased, "
+                f"which the model never saw: {remedies[1]}")
+    if not cased and not do_lower_case:
+        return (f"vocab file {vocab_file!r} is uncased ({upper:,} of its {with_case:,} word "
+                f"pieces with letters have upper-case ones) but the text is not lower-cased, "
+                f"so capitalised words become {UNK_TOKEN}: {remedies[0]}")
+    return None
+
+
+def warn_on_casing_mismatch(vocab, do_lower_case, vocab_file, remedies=CASING_REMEDIES):
+    """Logs casing_mismatch's message as a warning; returns it (None when none)."""
+    message = casing_mismatch(vocab, do_lower_case, vocab_file, remedies)
+    if message:
+        logger.warning(message)
+    return message
 
 
 # ----------------------------------------------------------------------------
@@ -333,14 +414,18 @@ class FullTokenizer:
         do_lower_case: lower-case and strip accents (uncased models).
         use_fast: None uses `tokenizers` when importable, True requires it,
             False keeps to pure Python. Both paths give identical output.
+        check_casing: warn when do_lower_case contradicts the vocab's casing
+            (off where the caller checked once for many tokenizers).
     """
 
-    def __init__(self, vocab_file, do_lower_case=True, use_fast=None):
+    def __init__(self, vocab_file, do_lower_case=True, use_fast=None, check_casing=True):
         self.vocab_file = os.fspath(vocab_file)
         self.vocab = load_vocab(vocab_file)
         if UNK_TOKEN not in self.vocab:
             raise ValueError(f"vocab file {self.vocab_file!r} has no {UNK_TOKEN} token: WordPiece "
                              "needs it for words it cannot split; is this a BERT vocab?")
+        if check_casing:
+            warn_on_casing_mismatch(self.vocab, do_lower_case, self.vocab_file)
         self.inv_vocab = {index: token for token, index in self.vocab.items()}
         self.basic_tokenizer = BasicTokenizer(do_lower_case=do_lower_case)
         self.wordpiece_tokenizer = WordpieceTokenizer(self.vocab)

@@ -30,6 +30,7 @@ Deliberate deviations from NVIDIA's bertPrep.py:
 - Sentence splitting falls back to a rule-based splitter when NLTK's punkt data is absent
   (--segmentation_method auto, the default), so no step needs a download but `download`.
 - No BookCorpus, TFRecord output or interactive JSON config generator.
+- create_hdf5_files warns when --do_lower_case contradicts the vocabulary's casing.
 """
 
 import argparse
@@ -45,6 +46,7 @@ if str(REPO) not in sys.path:  # run as `python data/bertPrep.py`
 
 from data import downloader, sharding, text_formatting
 from data.fetch import DownloadError, UnsafeArchiveError
+from tokenization import load_vocab, warn_on_casing_mismatch
 from utils import logger, setup_logging
 
 ACTIONS = ("download", "text_formatting", "sharding", "create_hdf5_files")
@@ -166,6 +168,11 @@ def create_hdf5_files(args, folders):
     if not folders.vocab.is_file():
         raise FileNotFoundError(f"vocabulary {folders.vocab} does not exist: download "
                                 f"google_pretrained_weights or pass --vocab_file")
+    # Once here: create_pretraining_data.py's own warning would be captured, and it names
+    # its flags, not ours.
+    remedies = ("pass --do_lower_case 1", "pass --do_lower_case 0")
+    warn_on_casing_mismatch(load_vocab(folders.vocab), bool(args.do_lower_case),
+                            str(folders.vocab), remedies)
     shards = [(path, folders.hdf5) for path in text_shards(folders, "training")]
     test_folder = folders.hdf5.with_name(f"{args.dataset}_test")
     shards += [(path, test_folder) for path in text_shards(folders, "test")]
@@ -219,5 +226,5 @@ def main(args):
 if __name__ == "__main__":
     try:
         main(parse_args())
-    except (DownloadError, UnsafeArchiveError, FileNotFoundError) as error:
+    except (DownloadError, UnsafeArchiveError, FileNotFoundError, ValueError) as error:
         sys.exit(f"bertPrep.py: {error}")

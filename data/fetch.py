@@ -6,7 +6,8 @@ its folder.
 
 A download that cannot connect within `connect_timeout` seconds, or whose server stops
 sending for `read_timeout` seconds, raises DownloadError at once (no retries): the message
-names the URL, the reason, and the path where a file fetched by other means should be put.
+names the URL, the reason (for a time-out: the limit that ran out and the seconds waited),
+and the path where a file fetched by other means should be put.
 A file already at that path is used as it is (after the checksum, when one is known), so
 placing the files by hand and running the step again completes it offline.
 """
@@ -18,6 +19,7 @@ import re
 import shutil
 import stat
 import tarfile
+import time
 import zipfile
 from pathlib import Path, PurePosixPath
 
@@ -50,6 +52,7 @@ def fetch(url, path, md5=None, connect_timeout=10.0, read_timeout=60.0, progress
         logger.info("%s is already present, not fetched again", path)
         return path
     logger.info("fetching %s -> %s", url, path)
+    start = time.monotonic()
     try:
         with requests.get(url, stream=True, timeout=(connect_timeout, read_timeout)) as response:
             response.raise_for_status()
@@ -62,7 +65,7 @@ def fetch(url, path, md5=None, connect_timeout=10.0, read_timeout=60.0, progress
                         f"hand, put it at {path} and run again with --skip_checksums.")
     except requests.RequestException as error:
         raise DownloadError(failure_message(
-            url, error, connect_timeout, read_timeout,
+            url, error, connect_timeout, read_timeout, time.monotonic() - start,
             f"Without network access, download it elsewhere and put it at {path}, then run "
             f"this step again (files already present are not fetched again).")) from None
     return path
@@ -71,16 +74,19 @@ def fetch(url, path, md5=None, connect_timeout=10.0, read_timeout=60.0, progress
 def probe(url, remedy, connect_timeout=10.0, read_timeout=60.0):
     """Raises DownloadError (with `remedy` appended) unless `url` answers; reads no body.
     For downloaders of other libraries that have no timeout of their own."""
+    start = time.monotonic()
     try:
         with requests.get(url, stream=True, timeout=(connect_timeout, read_timeout)) as response:
             response.raise_for_status()
     except requests.RequestException as error:
         raise DownloadError(failure_message(url, error, connect_timeout, read_timeout,
-                                            remedy)) from None
+                                            time.monotonic() - start, remedy)) from None
 
 
-def failure_message(url, error, connect_timeout, read_timeout, remedy):
-    return f"could not fetch {url}: {_reason(error, connect_timeout, read_timeout)}.\n{remedy}"
+def failure_message(url, error, connect_timeout, read_timeout, elapsed, remedy):
+    """`elapsed`: seconds from the request to the failure, stated beside a time-out."""
+    reason = _reason(error, connect_timeout, read_timeout, elapsed, _proxy_for(url))
+    return f"could not fetch {url}: {reason}.\n{remedy}"
 
 
 def _stream_to_file(response, temporary, name, progress):
@@ -96,12 +102,19 @@ def _stream_to_file(response, temporary, name, progress):
     return digest.hexdigest()
 
 
-def _reason(error, connect_timeout, read_timeout):
-    """The useful part of a requests exception, in a few words."""
+def _reason(error, connect_timeout, read_timeout, elapsed, proxy):
+    """The useful part of a requests exception, in a few words. A time-out states the limit
+    that ran out as urllib3 reports it: through a proxy, an HTTPS tunnel waits for the proxy
+    with the connect time-out although urllib3 calls it a read time-out."""
+    via = f" through the proxy {proxy}" if proxy else ""
     if isinstance(error, requests.ConnectTimeout):
-        return f"no connection within {connect_timeout:g} s (offline, or a firewall?)"
+        limit = _reported_timeout(error, "connect", connect_timeout)
+        return (f"no connection{via} within {limit:g} s (gave up after {elapsed:.1f} s; "
+                f"offline, or a firewall?)")
     if isinstance(error, requests.ReadTimeout) or "Read timed out" in str(error):
-        return f"the server sent nothing for {read_timeout:g} s"
+        limit = _reported_timeout(error, "read", read_timeout)
+        sender = f"the proxy {proxy} or the server" if proxy else "the server"
+        return f"{sender} sent nothing for {limit:g} s (gave up after {elapsed:.1f} s)"
     if isinstance(error, requests.HTTPError) and error.response is not None:
         return f"the server answered HTTP {error.response.status_code} {error.response.reason}"
     text = str(error)
@@ -111,6 +124,19 @@ def _reason(error, connect_timeout, read_timeout):
         if found:
             return f"{found.group(0).strip()} (no network, or the host is down?)"
     return f"{type(error).__name__}: {text[:200]}"
+
+
+def _reported_timeout(error, kind, default):
+    """The time-out urllib3 names in its message ("read timeout=10"), else `default`."""
+    found = re.search(rf"{kind} timeout=([0-9.]+)", str(error))
+    return float(found.group(1)) if found else default
+
+
+def _proxy_for(url):
+    """The proxy requests takes from the environment for `url`, or None; without the
+    user name and password it may carry, which do not belong in an error message."""
+    proxy = requests.utils.select_proxy(url, requests.utils.get_environ_proxies(url))
+    return re.sub(r"//[^/@]*@", "//", proxy) if proxy else None
 
 
 def md5_of(path):
