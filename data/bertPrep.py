@@ -214,6 +214,11 @@ def run_command(command):
     if result.returncode != 0:
         raise RuntimeError(f"{' '.join(command)} failed (exit {result.returncode}):\n"
                            f"{result.stderr[-3000:]}")
+    # Its warnings ([UNK] share, earlier shards under the prefix) would die with the capture.
+    for line in result.stdout.splitlines():
+        if " WARNING " in line:
+            logger.warning("%s: %s", Path(command[command.index("--input_file") + 1]).name,
+                           line.split(" WARNING ", 1)[1])
 
 
 def main(args):
