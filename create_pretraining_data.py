@@ -59,9 +59,10 @@ from typing import NamedTuple
 import h5py
 import numpy as np
 
+import utils
+from masking import apply_masks, choose_masked_positions
 from tokenization import (FullTokenizer, binary_content, load_vocab, lower_case_for_model,
                           warn_on_casing_mismatch)
-import utils
 from utils import Progress, atomic_path, logger, setup_logging
 
 SPECIAL_TOKENS = ("[CLS]", "[SEP]", "[MASK]", "[UNK]")
@@ -330,64 +331,6 @@ def assemble_pairs(flat, spans, max_seq_length, cls_id, sep_id):
     input_mask = position < length
     segment_ids = (position >= len_a + 2) & input_mask
     return input_ids.astype(np.int32), input_mask.astype(np.int8), segment_ids.astype(np.int8)
-
-
-def choose_masked_positions(input_ids, input_mask, options, special_ids, is_subword, np_rng):
-    """Per row, min(max_predictions, max(1, round(length * masked_lm_prob))) positions chosen
-    uniformly among non-special tokens (whole words together if asked); sorted, with a
-    validity mask. Returns (positions [N, P], valid [N, P])."""
-    n, seq = input_ids.shape
-    budget = options.max_predictions_per_seq
-    lengths = input_mask.sum(axis=1)
-    num_to_predict = np.minimum(budget, np.maximum(1, np.rint(lengths * options.masked_lm_prob)))
-    candidate = input_mask.astype(bool) & ~np.isin(input_ids, special_ids)
-    keys = np_rng.random((n, seq))
-    if options.whole_word_masking:
-        # A continuation piece takes its word's key, so a word sorts as one block.
-        starts = candidate & ~(is_subword[input_ids] & np.roll(candidate, 1, axis=1))
-        word_start = np.maximum.accumulate(np.where(starts, np.arange(seq), 0), axis=1)
-        keys = np.take_along_axis(keys, word_start, axis=1)
-    keys[~candidate] = np.inf
-    # One position beyond the budget, never taken, shows whether the last word is cut.
-    if options.whole_word_masking:  # the pieces of a word share a key: keep them in order
-        position = np.broadcast_to(np.arange(seq), keys.shape)
-        order = np.lexsort((position, keys), axis=1)[:, :budget + 1]
-    else:
-        order = np.argsort(keys, axis=1)[:, :budget + 1]
-    taken = np.arange(order.shape[1])[None, :] < num_to_predict[:, None]
-    taken &= np.isfinite(np.take_along_axis(keys, order, axis=1))
-    if options.whole_word_masking:
-        taken &= whole_words_only(order, word_start, taken)
-    positions = np.sort(np.where(taken, order, seq), axis=1)[:, :budget]
-    valid = positions < seq
-    padded = np.zeros((n, budget), dtype=np.int64)
-    padded[:, :positions.shape[1]] = np.where(valid, positions, 0)
-    valid_padded = np.zeros((n, budget), dtype=bool)
-    valid_padded[:, :valid.shape[1]] = valid
-    return padded, valid_padded
-
-
-def whole_words_only(order, word_start, taken):
-    """Drops a word cut by the budget: a taken piece whose word continues past the last
-    taken piece of its row."""
-    words = np.take_along_axis(word_start, order, axis=1)
-    count = taken.sum(axis=1, keepdims=True)
-    last_word = np.take_along_axis(words, np.maximum(count - 1, 0), axis=1)
-    next_word = np.take_along_axis(words, np.minimum(count, order.shape[1] - 1), axis=1)
-    word_is_cut = (count < order.shape[1]) & (next_word == last_word)
-    return ~(word_is_cut & (words == last_word))
-
-
-def apply_masks(input_ids, positions, valid, options, mask_id, vocab_size, np_rng):
-    """80% [MASK], 10% a random token, 10% unchanged; returns masked_lm_ids (originals)."""
-    rows = np.arange(input_ids.shape[0])[:, None]
-    masked_lm_ids = np.where(valid, input_ids[rows, positions], 0).astype(np.int32)
-    draw = np_rng.random(positions.shape)
-    random_tokens = np_rng.integers(0, vocab_size, positions.shape)
-    replacement = np.where(draw < 0.8, mask_id,
-                           np.where(draw < 0.9, masked_lm_ids, random_tokens))
-    input_ids[rows, positions] = np.where(valid, replacement, input_ids[rows, positions])
-    return masked_lm_ids
 
 
 # ----------------------------------------------------------------------------- shards

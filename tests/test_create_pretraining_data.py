@@ -85,11 +85,16 @@ def test_pairs_are_cls_a_sep_b_sep(instances):
 
 
 def test_masking_statistics(instances):
-    data, ids = instances
+    assert_bert_masking(*instances, budget=20)
+
+
+def assert_bert_masking(data, ids, budget):
+    """round(15%) of each row's tokens (1 to budget), sorted, never [CLS]/[SEP]; 80% of them
+    shown as [MASK], 10% kept, 10% random."""
     lengths = data["input_mask"].sum(axis=1)
     positions, originals = data["masked_lm_positions"], data["masked_lm_ids"]
     valid = positions > 0
-    expected_count = np.minimum(20, np.maximum(1, np.rint(lengths * 0.15)))
+    expected_count = np.minimum(budget, np.maximum(1, np.rint(lengths * 0.15)))
     assert (valid.sum(axis=1) == expected_count).all()
     assert abs(valid.sum() / lengths.sum() - 0.15) < 0.01
 

@@ -1,0 +1,79 @@
+"""Dynamic masking (run_pretraining.py --dynamic_masking): BERT's statistics, the original
+tokens restored, and masks that are a function of (seed, epoch, instance) only."""
+
+import numpy as np
+
+from masking import DynamicMasking, InstanceRandom, MaskingOptions, original_tokens
+from test_create_pretraining_data import (  # noqa: F401 - the module's fixtures
+    assert_bert_masking,
+    corpus,
+    instances,
+    unmasked,
+)
+
+
+def remasker(ids, seed=5, whole_word_masking=False):
+    vocab = dict(sorted(ids.items(), key=lambda item: item[1]))
+    return DynamicMasking(vocab, MaskingOptions(20, 0.15, whole_word_masking), seed)
+
+
+def test_original_tokens_undo_the_stored_masks(instances):
+    data, _ = instances
+    restored = original_tokens(data)
+    for row in range(100):
+        assert (restored[row] == unmasked(data, row)).all()
+
+
+def test_dynamic_masks_follow_berts_statistics(instances):
+    data, ids = instances
+    remasked = remasker(ids)(data, epoch=3, instance_ids=np.arange(len(data["input_ids"])))
+    assert_bert_masking(remasked, ids, budget=20)
+    assert (original_tokens(remasked) == original_tokens(data)).all()
+    assert not (remasked["masked_lm_positions"] == data["masked_lm_positions"]).all()
+    for name in ("input_mask", "segment_ids", "next_sentence_labels"):
+        assert remasked[name] is data[name]
+
+
+def test_an_instance_gets_the_same_mask_in_any_batch_and_another_in_the_next_epoch(instances):
+    data, ids = instances
+    mask = remasker(ids)
+    rows = np.array([7, 300, 12, 999])
+    alone = mask({k: v[rows] for k, v in data.items()}, epoch=1, instance_ids=rows)
+    everything = mask(data, epoch=1, instance_ids=np.arange(len(data["input_ids"])))
+    for key in ("input_ids", "masked_lm_positions", "masked_lm_ids"):
+        assert (alone[key] == everything[key][rows]).all(), key
+    next_epoch = mask({k: v[rows] for k, v in data.items()}, epoch=2, instance_ids=rows)
+    assert not (next_epoch["masked_lm_positions"] == alone["masked_lm_positions"]).all()
+    other_seed = remasker(ids, seed=6)({k: v[rows] for k, v in data.items()}, 1, rows)
+    assert not (other_seed["masked_lm_positions"] == alone["masked_lm_positions"]).all()
+
+
+def test_whole_word_dynamic_masks_take_every_piece_of_a_word(instances):
+    data, ids = instances
+    remasked = remasker(ids, whole_word_masking=True)(data, 0, np.arange(len(data["input_ids"])))
+    tokens = sorted(ids, key=ids.get)
+    is_piece = np.array([token.startswith("##") for token in tokens])
+    special = [ids["[CLS]"], ids["[SEP]"]]
+    restored, checked = original_tokens(remasked), 0
+    for row in range(len(restored)):
+        positions = remasked["masked_lm_positions"][row]
+        masked, tokens = set(positions[positions > 0]), restored[row]
+        for position in masked:  # a masked piece's neighbours in its word are masked too
+            if is_piece[tokens[position]] and tokens[position - 1] not in special:
+                checked += 1
+                assert position - 1 in masked, (row, position)
+            if position + 1 < len(tokens) and is_piece[tokens[position + 1]]:
+                checked += 1
+                assert position + 1 in masked, (row, position)
+    assert checked > 100
+
+
+def test_instance_random_is_uniform_and_independent_of_the_batch():
+    draws = InstanceRandom(1, 0, np.arange(20000)).random((20000, 8))
+    assert draws.min() >= 0 and draws.max() < 1
+    assert abs(draws.mean() - 0.5) < 0.005 and abs(draws.var() - 1 / 12) < 0.002
+    assert abs(np.corrcoef(draws[:, 0], draws[:, 1])[0, 1]) < 0.03
+    subset = InstanceRandom(1, 0, np.array([5, 17])).random((2, 8))
+    assert (subset == draws[[5, 17]]).all()
+    integers = InstanceRandom(2, 0, np.arange(10000)).integers(0, 7, (10000, 3))
+    assert set(np.unique(integers)) == set(range(7))
