@@ -139,8 +139,7 @@ def check_model_fits_inputs(config, args):
     rows = config.vocab_size
     table = (f"the model's {rows:,} word embeddings (vocab_size in --config_file "
              f"{args.config_file}"
-             + (f", the rows read from --init_checkpoint {args.init_checkpoint})"
-                if args.init_checkpoint else ")"))
+             + (f"; --init_checkpoint {args.init_checkpoint})" if args.init_checkpoint else ")"))
     if vocab_size > rows:
         raise ValueError(f"--vocab_file {args.vocab_file} has {vocab_size:,} tokens, more than "
                          f"{table}: ids from {rows:,} on have no embedding; pass the vocabulary "

@@ -83,13 +83,15 @@ def check_modes(args):
 def check_input_files(args):
     """Every file the chosen modes read exists, before any work: a missing --predict_file
     found after training would lose the run."""
-    needed = [("--train_file", args.train_file, args.do_train),
-              ("--predict_file", args.predict_file, args.do_predict or args.do_eval),
-              ("--predictions_file", args.predictions_file, bool(args.predictions_file))]
-    for flag, path, used in needed:
+    needed = [("--train_file", args.train_file, args.do_train, "a SQuAD JSON file"),
+              ("--predict_file", args.predict_file, args.do_predict or args.do_eval,
+               "a SQuAD JSON file"),
+              ("--predictions_file", args.predictions_file, bool(args.predictions_file),
+               "a predictions.json written by --do_predict")]
+    for flag, path, used, what in needed:
         if used and not Path(path).is_file():
             raise FileNotFoundError(f"{flag} {path} does not exist or is not a file: pass the "
-                                    "path of a SQuAD JSON file")
+                                    f"path of {what}")
 
 
 # ----------------------------------------------------------------------------- training
