@@ -174,26 +174,10 @@ def train(model, dataset, args, distributed, metrics):
     """Fine-tunes `model` on a TensorDataset whose tensors are named by `dataset.names`
     (the keyword arguments of the model's forward). Returns the training summary."""
     accumulation = args.gradient_accumulation_steps
-    if args.train_batch_size % accumulation:
-        raise ValueError(f"--train_batch_size {args.train_batch_size} is not divisible by "
-                         f"--gradient_accumulation_steps {accumulation}")
-    micro_batch = args.train_batch_size // accumulation
-    if not len(dataset):
-        raise ValueError("the training set is empty: check the training file (and any warning "
-                         "above about skipped examples)")
-    sampler = (DistributedSampler(dataset, seed=args.seed) if distributed.enabled
-               else RandomSampler(dataset, generator=torch.Generator().manual_seed(args.seed)))
-    loader = DataLoader(dataset, sampler=sampler, batch_size=micro_batch, drop_last=False,
-                        pin_memory=distributed.device.type == "cuda")
-    steps_per_epoch = len(loader) // accumulation
-    if steps_per_epoch == 0:  # the loop below would never finish a step
-        raise ValueError(f"each of {distributed.world_size} process(es) gets {len(loader)} "
-                         f"micro-batch(es) of {micro_batch} per epoch, fewer than one optimizer "
-                         f"step of --gradient_accumulation_steps {accumulation} (the training "
-                         f"set has {len(dataset)} sequences): lower --train_batch_size or "
-                         "--gradient_accumulation_steps")
+    sampler, loader = training_loader(dataset, args, distributed)
+    micro_batch = loader.batch_size
     total_steps = (int(args.max_steps) if args.max_steps > 0
-                   else math.ceil(steps_per_epoch * args.num_train_epochs))
+                   else math.ceil(len(loader) // accumulation * args.num_train_epochs))
 
     optimizer = make_adamw(param_groups(model, weight_decay=0.01), lr=args.learning_rate)
     scheduler = linear_warmup_schedule(optimizer, args.warmup_proportion, total_steps)
@@ -244,6 +228,30 @@ def train(model, dataset, args, distributed, metrics):
     return {"e2e_train_time": seconds, "final_loss": loss_sum.item() / max(step, 1),
             "training_sequences_per_second": sequences * distributed.world_size / seconds,
             "train_steps": step}
+
+
+def training_loader(dataset, args, distributed):
+    """(sampler, loader of micro-batches) over this process's share of the training set;
+    errors for a set that cannot fill one optimizer step."""
+    accumulation = args.gradient_accumulation_steps
+    if args.train_batch_size % accumulation:
+        raise ValueError(f"--train_batch_size {args.train_batch_size} is not divisible by "
+                         f"--gradient_accumulation_steps {accumulation}")
+    micro_batch = args.train_batch_size // accumulation
+    if not len(dataset):
+        raise ValueError("the training set is empty: check the training file (and any warning "
+                         "above about skipped examples)")
+    sampler = (DistributedSampler(dataset, seed=args.seed) if distributed.enabled
+               else RandomSampler(dataset, generator=torch.Generator().manual_seed(args.seed)))
+    loader = DataLoader(dataset, sampler=sampler, batch_size=micro_batch, drop_last=False,
+                        pin_memory=distributed.device.type == "cuda")
+    if len(loader) < accumulation:  # the training loop would never finish a step
+        raise ValueError(f"each of {distributed.world_size} process(es) gets {len(loader)} "
+                         f"micro-batch(es) of {micro_batch} per epoch, fewer than one optimizer "
+                         f"step of --gradient_accumulation_steps {accumulation} (the training "
+                         f"set has {len(dataset)} sequences): lower --train_batch_size or "
+                         "--gradient_accumulation_steps")
+    return sampler, loader
 
 
 def wrap_distributed(model, distributed):
