@@ -14,9 +14,17 @@ Deliberate deviations from NVIDIA's fine-tuning scripts:
   find its task head in --init_checkpoint: a checkpoint without it (a pre-training one) is an
   error, where NVIDIA's scripts answer with a randomly initialised head.
 - A training set too small for one optimizer step is an error (NVIDIA's loop never ends).
+- Inputs the model cannot take are errors before any work: --max_seq_length beyond its
+  max_position_embeddings, a --vocab_file with more tokens than its word embeddings. A
+  vocabulary smaller than the table (beyond NVIDIA's padding to a multiple of 8) is a
+  warning: it most likely is not the checkpoint's own.
+- DDP all-reduces once per optimizer step (no_sync on the other micro-batches), into
+  gradients that are views of its buckets; the training loss is summed on the device and
+  read only at log steps, so the host never waits for the GPU between them.
 """
 
 import argparse
+import contextlib
 import json
 import math
 import time
@@ -34,10 +42,11 @@ from torch.utils.data import (
 import utils
 from model import BertConfig, export_huggingface, load_checkpoint
 from optimization import linear_warmup_schedule, make_adamw, param_groups
-from tokenization import lower_case_for_model
+from tokenization import load_vocab, lower_case_for_model
 from utils import logger
 
 MAX_GRAD_NORM = 1.0
+VOCAB_PADDING = 8  # rows a vocabulary may lack: tables are padded to a multiple of 8
 
 
 def add_finetuning_args(parser, learning_rate, epochs, batch_size):
@@ -93,8 +102,10 @@ def do_lower_case(args):
 def load_model(model_class, args, device, will_train, **kwargs):
     """A task model from the config, with --init_checkpoint's weights if given. A model
     that will not be trained must come whole from the checkpoint: predicting with a
-    randomly initialised task head (a pre-training checkpoint) is an error, not a warning."""
+    randomly initialised task head (a pre-training checkpoint) is an error, not a warning.
+    The config must fit --max_seq_length and --vocab_file (check_model_fits_inputs)."""
     config = BertConfig.from_json_file(args.config_file)
+    check_model_fits_inputs(config, args)
     model = model_class(config, **kwargs)
     if not args.init_checkpoint:
         if not will_train:
@@ -110,6 +121,38 @@ def load_model(model_class, args, device, will_train, **kwargs):
                          "not fine-tuned for this task; fine-tune it first (run_squad.py or "
                          "run_glue.py --do_train)")
     return model.to(device)
+
+
+def check_model_fits_inputs(config, args):
+    """Errors before any work for inputs the model cannot take: sequences longer than its
+    position table (an IndexError deep in the embeddings otherwise) and token ids past its
+    word embeddings. A vocabulary smaller than the table is only a warning: the ids fit,
+    but the checkpoint was most likely trained with another vocabulary, whose ids mean
+    other words (the answers are garbage)."""
+    max_seq_length = getattr(args, "max_seq_length", None)
+    if max_seq_length is not None and max_seq_length > config.max_position_embeddings:
+        raise ValueError(f"--max_seq_length {max_seq_length} is longer than the model's "
+                         f"max_position_embeddings {config.max_position_embeddings} (--config_file "
+                         f"{args.config_file}): pass --max_seq_length "
+                         f"{config.max_position_embeddings} or less")
+    vocab_size = max(load_vocab(args.vocab_file).values()) + 1
+    rows = config.vocab_size
+    table = (f"the model's {rows:,} word embeddings (vocab_size in --config_file "
+             f"{args.config_file}"
+             + (f"; --init_checkpoint {args.init_checkpoint})" if args.init_checkpoint else ")"))
+    if vocab_size > rows:
+        raise ValueError(f"--vocab_file {args.vocab_file} has {vocab_size:,} tokens, more than "
+                         f"{table}: ids from {rows:,} on have no embedding; pass the vocabulary "
+                         "the model was trained with")
+    if _round_up(vocab_size, VOCAB_PADDING) < rows:  # NVIDIA pads the table to a multiple of 8
+        logger.warning("--vocab_file %s has %s tokens, %s fewer than %s: was the model trained "
+                       "with another vocabulary? Its ids would mean other words; pass the "
+                       "vocab.txt the checkpoint was trained with", args.vocab_file,
+                       f"{vocab_size:,}", f"{rows - vocab_size:,}", table)
+
+
+def _round_up(value, multiple):
+    return -(-value // multiple) * multiple
 
 
 def save_model(model, args):
@@ -131,6 +174,66 @@ def train(model, dataset, args, distributed, metrics):
     """Fine-tunes `model` on a TensorDataset whose tensors are named by `dataset.names`
     (the keyword arguments of the model's forward). Returns the training summary."""
     accumulation = args.gradient_accumulation_steps
+    sampler, loader = training_loader(dataset, args, distributed)
+    micro_batch = loader.batch_size
+    total_steps = (int(args.max_steps) if args.max_steps > 0
+                   else math.ceil(len(loader) // accumulation * args.num_train_epochs))
+
+    optimizer = make_adamw(param_groups(model, weight_decay=0.01), lr=args.learning_rate)
+    scheduler = linear_warmup_schedule(optimizer, args.warmup_proportion, total_steps)
+    precision = utils.precision_of(args)
+    scaler = utils.make_grad_scaler(precision, distributed.device, args.loss_scale,
+                                    args.init_loss_scale)
+    ddp = wrap_distributed(model, distributed)
+    logger.info("training: %d examples, %d optimizer steps of %d x %d x %d sequences",
+                len(dataset), total_steps, micro_batch, accumulation, distributed.world_size)
+
+    model.train()
+    # Summed on the device and read only when logged: .item() would make the host wait
+    # for the GPU after every micro-batch.
+    loss_sum = torch.zeros((), device=distributed.device)
+    step, sequences, started = 0, 0, time.monotonic()
+    progress = utils.Progress(total_steps, "fine-tuning", unit="step",
+                              disable=args.disable_progress_bar or not distributed.is_main)
+    epoch = 0
+    while step < total_steps:
+        if distributed.enabled:
+            sampler.set_epoch(epoch)
+        optimizer.zero_grad()  # an epoch's unfinished accumulation is dropped
+        for micro_step, tensors in enumerate(loader):
+            last_micro_step = (micro_step + 1) % accumulation == 0
+            batch = trimmed_batch(dataset.names, tensors, distributed.device)
+            with gradient_sync(ddp, last_micro_step):
+                with utils.autocast(precision, distributed.device):
+                    loss = ddp(**batch)[0]
+                scaler.scale(loss / accumulation).backward()
+            loss_sum += loss.detach() / accumulation
+            sequences += len(tensors[0])
+            if not last_micro_step:
+                continue
+            learning_rate = scheduler.get_last_lr()[0]
+            utils.optimizer_step(optimizer, scheduler, scaler, model, MAX_GRAD_NORM)
+            step += 1
+            if step % args.log_freq == 0 or step == total_steps:
+                mean_loss = loss_sum.item() / step
+                progress.update(1, loss=f"{mean_loss:.4f}")
+                metrics.log(("train", step), {"loss": mean_loss, "learning_rate": learning_rate})
+            else:
+                progress.update(1)
+            if step >= total_steps:
+                break
+        epoch += 1
+    progress.close()
+    seconds = time.monotonic() - started
+    return {"e2e_train_time": seconds, "final_loss": loss_sum.item() / max(step, 1),
+            "training_sequences_per_second": sequences * distributed.world_size / seconds,
+            "train_steps": step}
+
+
+def training_loader(dataset, args, distributed):
+    """(sampler, loader of micro-batches) over this process's share of the training set;
+    errors for a set that cannot fill one optimizer step."""
+    accumulation = args.gradient_accumulation_steps
     if args.train_batch_size % accumulation:
         raise ValueError(f"--train_batch_size {args.train_batch_size} is not divisible by "
                          f"--gradient_accumulation_steps {accumulation}")
@@ -140,60 +243,32 @@ def train(model, dataset, args, distributed, metrics):
                          "above about skipped examples)")
     sampler = (DistributedSampler(dataset, seed=args.seed) if distributed.enabled
                else RandomSampler(dataset, generator=torch.Generator().manual_seed(args.seed)))
-    loader = DataLoader(dataset, sampler=sampler, batch_size=micro_batch, drop_last=False)
-    steps_per_epoch = len(loader) // accumulation
-    if steps_per_epoch == 0:  # the loop below would never finish a step
+    loader = DataLoader(dataset, sampler=sampler, batch_size=micro_batch, drop_last=False,
+                        pin_memory=distributed.device.type == "cuda")
+    if len(loader) < accumulation:  # the training loop would never finish a step
         raise ValueError(f"each of {distributed.world_size} process(es) gets {len(loader)} "
                          f"micro-batch(es) of {micro_batch} per epoch, fewer than one optimizer "
                          f"step of --gradient_accumulation_steps {accumulation} (the training "
                          f"set has {len(dataset)} sequences): lower --train_batch_size or "
                          "--gradient_accumulation_steps")
-    total_steps = (int(args.max_steps) if args.max_steps > 0
-                   else math.ceil(steps_per_epoch * args.num_train_epochs))
+    return sampler, loader
 
-    optimizer = make_adamw(param_groups(model, weight_decay=0.01), lr=args.learning_rate)
-    scheduler = linear_warmup_schedule(optimizer, args.warmup_proportion, total_steps)
-    precision = utils.precision_of(args)
-    scaler = utils.make_grad_scaler(precision, distributed.device, args.loss_scale,
-                                    args.init_loss_scale)
-    ddp = (DistributedDataParallel(model, device_ids=[distributed.device]
-                                   if distributed.device.type == "cuda" else None)
-           if distributed.enabled else model)
-    logger.info("training: %d examples, %d optimizer steps of %d x %d x %d sequences",
-                len(dataset), total_steps, micro_batch, accumulation, distributed.world_size)
 
-    model.train()
-    step, loss_sum, sequences, started = 0, 0.0, 0, time.monotonic()
-    progress = utils.Progress(total_steps, "fine-tuning", unit="step",
-                              disable=args.disable_progress_bar or not distributed.is_main)
-    epoch = 0
-    while step < total_steps:
-        if distributed.enabled:
-            sampler.set_epoch(epoch)
-        optimizer.zero_grad()  # an epoch's unfinished accumulation is dropped
-        for micro_step, tensors in enumerate(loader):
-            batch = trimmed_batch(dataset.names, tensors, distributed.device)
-            with utils.autocast(precision, distributed.device):
-                loss = ddp(**batch)[0]
-            scaler.scale(loss / accumulation).backward()
-            loss_sum, sequences = loss_sum + loss.item() / accumulation, sequences + len(tensors[0])
-            if (micro_step + 1) % accumulation:
-                continue
-            learning_rate = scheduler.get_last_lr()[0]
-            utils.optimizer_step(optimizer, scheduler, scaler, model, MAX_GRAD_NORM)
-            step += 1
-            progress.update(1, loss=f"{loss_sum / step:.4f}")
-            if step % args.log_freq == 0 or step == total_steps:
-                metrics.log(("train", step), {"loss": loss_sum / step,
-                                              "learning_rate": learning_rate})
-            if step >= total_steps:
-                break
-        epoch += 1
-    progress.close()
-    seconds = time.monotonic() - started
-    return {"e2e_train_time": seconds, "final_loss": loss_sum / max(step, 1),
-            "training_sequences_per_second": sequences * distributed.world_size / seconds,
-            "train_steps": step}
+def wrap_distributed(model, distributed):
+    """DDP over several processes; gradients live in its all-reduce buckets (no copy in
+    and out of them each step)."""
+    if not distributed.enabled:
+        return model
+    device_ids = [distributed.device] if distributed.device.type == "cuda" else None
+    return DistributedDataParallel(model, device_ids=device_ids, gradient_as_bucket_view=True)
+
+
+def gradient_sync(ddp, last_micro_step):
+    """DDP all-reduces the gradients once per optimizer step, on its last micro-batch; the
+    others only accumulate locally (the forward pass must be inside the context too)."""
+    if isinstance(ddp, DistributedDataParallel) and not last_micro_step:
+        return ddp.no_sync()
+    return contextlib.nullcontext()
 
 
 @torch.no_grad()
@@ -203,7 +278,8 @@ def predict(model, dataset, batch_size, args, device, per_token=False):
     per_token: the outputs have a sequence dimension (question answering), which is padded
     back to the dataset's width after the batch was trimmed."""
     model.eval()
-    loader = DataLoader(dataset, sampler=SequentialSampler(dataset), batch_size=batch_size)
+    loader = DataLoader(dataset, sampler=SequentialSampler(dataset), batch_size=batch_size,
+                        pin_memory=device.type == "cuda")
     outputs, started = None, time.monotonic()
     progress = utils.Progress(len(dataset), "predicting", unit="seq",
                               disable=args.disable_progress_bar)
@@ -225,13 +301,15 @@ def predict(model, dataset, batch_size, args, device, per_token=False):
 def trimmed_batch(names, tensors, device):
     """The batch as keyword arguments on `device`, cut to its longest sequence: padding
     beyond it changes no output, and short inputs (SST-2) then cost a fraction of
-    max_seq_length."""
-    batch = dict(zip(names, tensors))
-    if "attention_mask" in batch:
-        longest = int(batch["attention_mask"].sum(dim=1).max())
-        batch = {name: t[:, :longest] if t.dim() == 2 and name != "labels" else t
-                 for name, t in batch.items()}
-    return {name: t.to(device, non_blocking=True) for name, t in batch.items()}
+    max_seq_length. The length is read from the mask while it is still on the host, and
+    the whole (pinned, contiguous) tensors are copied before cutting, so that the copy
+    runs asynchronously: a cut, strided view would be staged through pageable memory."""
+    batch = {name: t.to(device, non_blocking=True) for name, t in zip(names, tensors)}
+    if "attention_mask" not in names:
+        return batch
+    longest = int(tensors[names.index("attention_mask")].sum(dim=1).max())
+    return {name: t[:, :longest] if t.dim() == 2 and name != "labels" else t
+            for name, t in batch.items()}
 
 
 def restore_width(output, width):

@@ -9,12 +9,14 @@ probabilities as JSON. A long context (or --context_file) is cut into overlappin
 exactly as run_squad.py does, and the answer decoding is run_squad's (squad.py).
 
 Deliberate deviations from NVIDIA's inference.py: windows with --doc_stride instead of a
-single truncated window; the SQuAD code is shared with run_squad.py, not pasted; --bf16.
+single truncated window, run through the model 64 at a time; the SQuAD code is shared with
+run_squad.py, not pasted; --bf16. A binary or non-UTF-8 --context_file is an error naming
+it; a text of which more than 5% of the tokens are [UNK] is warned about (wrong
+--vocab_file or --do_lower_case).
 """
 
 import argparse
 import json
-from pathlib import Path
 
 import torch
 
@@ -61,13 +63,17 @@ def parse_args(argv=None):
     return parser.parse_args(argv)
 
 
+UNKNOWN_SHARE_WARNING = 0.05  # more [UNK] than this: the vocabulary does not fit the text
+WINDOWS_PER_FORWARD = 64  # a long context's windows go through the model in chunks
+
+
 def read_context(args):
     if args.context is not None:
         return args.context
     try:
-        return Path(args.context_file).read_text(encoding="utf-8")
-    except OSError as e:
-        raise ValueError(f"--context_file {args.context_file}: {e.strerror}") from None
+        return squad.read_text_file(args.context_file, "--context_file")
+    except OSError as e:  # every bad --context_file is the same kind of error
+        raise ValueError(str(e)) from None
 
 
 def answer(model, tokenizer, question, context, args, device):
@@ -76,18 +82,49 @@ def answer(model, tokenizer, question, context, args, device):
     features = squad.convert_examples_to_features(examples, tokenizer, args.max_seq_length,
                                                   args.doc_stride, args.max_query_length,
                                                   is_training=False)
+    warn_if_mostly_unknown(features, args)
     tensors = squad.features_to_tensors(features, is_training=False)
     del tensors["feature_index"]
-    with torch.no_grad(), utils.autocast(utils.precision_of(args), device):
-        start_logits, end_logits = model(**{k: v.to(device) for k, v in tensors.items()})
-    results = [squad.RawResult(f.unique_id, s.float().tolist(), e.float().tolist())
-               for f, s, e in zip(features, start_logits.cpu(), end_logits.cpu())]
+    start_logits, end_logits = [], []
+    for first in range(0, len(features), WINDOWS_PER_FORWARD):
+        chunk = {k: v[first:first + WINDOWS_PER_FORWARD].to(device) for k, v in tensors.items()}
+        with torch.no_grad(), utils.autocast(utils.precision_of(args), device):
+            starts, ends = model(**chunk)
+        start_logits += starts.float().cpu()
+        end_logits += ends.float().cpu()
+    results = [squad.RawResult(f.unique_id, s.tolist(), e.tolist())
+               for f, s, e in zip(features, start_logits, end_logits)]
     predictions, nbest, _ = squad.get_answers(
         examples, features, results, args.n_best_size, args.max_answer_length,
         finetuning.do_lower_case(args), args.version_2_with_negative,
         args.null_score_diff_threshold)
     qas_id = examples[0].qas_id
     return predictions[qas_id], nbest[qas_id]
+
+
+def unknown_share(features):
+    """(number of [UNK], number of tokens) over the question and the context, each context
+    token counted once (in its max-context window) although windows overlap."""
+    if not features:
+        return 0, 0
+    first_doc_position = min(features[0].token_to_orig_map)
+    tokens = features[0].tokens[1:first_doc_position - 1]        # [CLS] question [SEP]
+    for feature in features:
+        tokens += [feature.tokens[p] for p, is_max in feature.token_is_max_context.items()
+                   if is_max]
+    return tokens.count("[UNK]"), len(tokens)
+
+
+def warn_if_mostly_unknown(features, args):
+    """Many [UNK] tokens mean the model reads little of the text: the vocabulary does not
+    fit it, or lower-casing does not fit the vocabulary (a cased vocab lower-cased)."""
+    unknown, total = unknown_share(features)
+    if total and unknown / total > UNKNOWN_SHARE_WARNING:
+        utils.logger.warning(
+            "%d of %d question and context tokens (%.0f%%) are [UNK]: the vocabulary does not "
+            "fit this text; check that --vocab_file %s is the model's and --do_lower_case "
+            "(%s here) matches it", unknown, total, 100 * unknown / total, args.vocab_file,
+            "on" if finetuning.do_lower_case(args) else "off")
 
 
 def print_answer(best, nbest, n_best_size):

@@ -12,7 +12,9 @@ pytorch_model.bin + config.json after training, dllogger.json.
 
 Deliberate deviations from NVIDIA's run_glue.py: see finetuning.py (optimizer, clipping,
 batch sizes) and glue.py (all nine tasks, metrics without sklearn). Evaluation runs on rank 0
-only, as NVIDIA's; --eval_batch_size defaults to 64 rather than 8.
+only, as NVIDIA's; --eval_batch_size defaults to 64 rather than 8. --output_dir and every
+file the chosen modes read (train.tsv, the dev and test files) are checked before any work:
+they are all read before training.
 """
 
 import argparse
@@ -41,13 +43,20 @@ def parse_args(argv=None):
     return parser.parse_args(argv)
 
 
-def features(processor, split, args, tokenizer):
-    examples = {"train": processor.get_train_examples, "dev": processor.get_dev_examples,
-                "test": processor.get_test_examples}[split](args.data_dir)
-    tensors = glue.convert_examples_to_features(examples, processor.get_labels(),
-                                                args.max_seq_length, tokenizer,
-                                                processor.output_mode)
-    return examples, tensors
+def read_examples(processor, args):
+    """The examples of every split the chosen modes need (train.tsv, the dev and the test
+    file), read before any work: a missing or malformed dev file found after training
+    would lose the run."""
+    readers = {"train": (args.do_train, processor.get_train_examples),
+               "dev": (args.do_eval, processor.get_dev_examples),
+               "test": (args.do_predict, processor.get_test_examples)}
+    return {split: read(args.data_dir) for split, (wanted, read) in readers.items() if wanted}
+
+
+def features(examples, processor, args, tokenizer):
+    return glue.convert_examples_to_features(examples, processor.get_labels(),
+                                             args.max_seq_length, tokenizer,
+                                             processor.output_mode)
 
 
 def predicted_labels(logits, processor):
@@ -56,9 +65,9 @@ def predicted_labels(logits, processor):
     return logits.argmax(dim=-1).numpy()
 
 
-def evaluate(model, processor, args, tokenizer, device):
+def evaluate(model, examples, processor, args, tokenizer, device):
     """Dev-set metrics (and the dev predictions) of the task."""
-    examples, tensors = features(processor, "dev", args, tokenizer)
+    tensors = features(examples, processor, args, tokenizer)
     labels = tensors.pop("labels").numpy()
     (logits,), rate = finetuning.predict(model, finetuning.named_dataset(tensors),
                                          args.eval_batch_size, args, device)
@@ -77,8 +86,8 @@ def label_names(examples, predictions, processor):
     return {e.guid: labels[int(p)] for e, p in zip(examples, predictions)}
 
 
-def predict_test(model, processor, args, tokenizer, device):
-    examples, tensors = features(processor, "test", args, tokenizer)
+def predict_test(model, examples, processor, args, tokenizer, device):
+    tensors = features(examples, processor, args, tokenizer)
     tensors.pop("labels")
     (logits,), _ = finetuning.predict(model, finetuning.named_dataset(tensors),
                                       args.eval_batch_size, args, device)
@@ -90,11 +99,13 @@ def main(args):
     if not (args.do_train or args.do_eval or args.do_predict):
         raise ValueError("nothing to do: pass at least one of --do_train, --do_eval, --do_predict")
     utils.check_precision_args(args)
+    utils.check_writable_dir(args.output_dir, "--output_dir")
+    processor = glue.get_processor(args.task_name)
+    examples = read_examples(processor, args)
     distributed = utils.init_distributed(args.no_cuda)
     utils.setup_logging(distributed.is_main)
     utils.seed_everything(args.seed, distributed.rank)
     finetuning.resolve_model_files(args)
-    processor = glue.get_processor(args.task_name)
     tokenizer = FullTokenizer(args.vocab_file, finetuning.do_lower_case(args))
     metrics = utils.MetricLogger(args.json_summary or f"{args.output_dir}/dllogger.json",
                                  enabled=distributed.is_main)
@@ -104,15 +115,16 @@ def main(args):
 
     results = {}
     if args.do_train:
-        _, tensors = features(processor, "train", args, tokenizer)
+        tensors = features(examples["train"], processor, args, tokenizer)
         results.update(finetuning.train(model, finetuning.named_dataset(tensors), args,
                                         distributed, metrics))
         if distributed.is_main:
             finetuning.save_model(model, args)
     if distributed.is_main and args.do_eval:
-        results.update(evaluate(model, processor, args, tokenizer, distributed.device))
+        results.update(evaluate(model, examples["dev"], processor, args, tokenizer,
+                                distributed.device))
     if distributed.is_main and args.do_predict:
-        predict_test(model, processor, args, tokenizer, distributed.device)
+        predict_test(model, examples["test"], processor, args, tokenizer, distributed.device)
     if distributed.is_main:
         finetuning.write_json(f"{args.output_dir}/eval_results.json", results)
         metrics.log((), results)

@@ -15,7 +15,10 @@ null_odds.json (v2.0), pytorch_model.bin + config.json after training, dllogger.
 Deliberate deviations from NVIDIA's run_squad.py: see finetuning.py (optimizer, clipping)
 and squad.py (reader checks, decoding fixes, in-process evaluation instead of a subprocess
 running evaluate-v1.1.py). Training features are cached as tensors (not a pickle) in
---cache_dir (default: beside --train_file); prediction runs on rank 0.
+--cache_dir (default: beside --train_file), with a digest of --train_file's content: a
+replaced file rebuilds them, as does a damaged cache (with a warning); a cache that cannot
+be written is a warning. Prediction runs on rank 0. Every input file the chosen modes read
+and --output_dir are checked before any work, and --predict_file is read before training.
 """
 
 import argparse
@@ -77,12 +80,27 @@ def check_modes(args):
                          "<output_dir>/predictions.json and scored from there")
 
 
+def check_input_files(args):
+    """Every file the chosen modes read exists, before any work: a missing --predict_file
+    found after training would lose the run."""
+    needed = [("--train_file", args.train_file, args.do_train, "a SQuAD JSON file"),
+              ("--predict_file", args.predict_file, args.do_predict or args.do_eval,
+               "a SQuAD JSON file"),
+              ("--predictions_file", args.predictions_file, bool(args.predictions_file),
+               "a predictions.json written by --do_predict")]
+    for flag, path, used, what in needed:
+        if used and not Path(path).is_file():
+            raise FileNotFoundError(f"{flag} {path} does not exist or is not a file: pass the "
+                                    f"path of {what}")
+
+
 # ----------------------------------------------------------------------------- training
 
 def cache_path(args):
     """The feature cache's name holds every setting the features depend on: the windowing
     flags, lower-casing, SQuAD 2.0 (which keeps the unanswerable questions) and a digest of
-    the vocabulary's content."""
+    the vocabulary's content. The training file's content is checked against the digest
+    stored in the cache (see load_cached_features)."""
     train_file = Path(args.train_file)
     folder = Path(args.cache_dir) if args.cache_dir else train_file.parent
     lower = int(finetuning.do_lower_case(args))
@@ -93,37 +111,102 @@ def cache_path(args):
                      ".features.pt")
 
 
-def read_features(path, is_training, args, tokenizer):
-    """(examples, features, model-input tensors) of a SQuAD file, windowed per the flags."""
-    examples = squad.read_squad_examples(path, is_training,
-                                         version_2_with_negative=args.version_2_with_negative)
+def file_digest(path):
+    with open(path, "rb") as file:
+        return hashlib.file_digest(file, "sha256").hexdigest()
+
+
+def read_examples(path, is_training, args):
+    return squad.read_squad_examples(path, is_training,
+                                     version_2_with_negative=args.version_2_with_negative)
+
+
+def read_features(examples, is_training, args, tokenizer):
+    """(features, model-input tensors) of SQuAD examples, windowed per the flags."""
     features = squad.convert_examples_to_features(examples, tokenizer, args.max_seq_length,
                                                   args.doc_stride, args.max_query_length,
                                                   is_training)
     tensors = squad.features_to_tensors(features, is_training)
     del tensors["feature_index"]  # prediction keeps the order; training needs no map back
-    return examples, features, tensors
+    return features, tensors
 
 
 def training_tensors(args, tokenizer):
-    """Training features as tensors, from the cache when it was made with these settings."""
+    """Training features as tensors, from the cache when it was made with these settings
+    from this content of --train_file."""
     path = cache_path(args)
-    if path.is_file():
-        logger.info("loading cached training features from %s", path)
-        return torch.load(path, weights_only=True)
-    examples, features, tensors = read_features(args.train_file, True, args, tokenizer)
-    if not args.skip_cache:
-        with utils.atomic_path(path) as temporary:
-            torch.save(tensors, temporary)
+    digest = file_digest(args.train_file)
+    tensors = load_cached_features(path, digest, args)
+    if tensors is not None:
+        return tensors
+    examples = read_examples(args.train_file, True, args)
+    features, tensors = read_features(examples, True, args, tokenizer)
     logger.info("%d training questions, %d features", len(examples), len(features))
+    if not args.skip_cache:
+        save_cached_features(path, tensors, digest)
     return tensors
+
+
+CACHED_TENSORS = ("input_ids", "token_type_ids", "attention_mask", "start_positions",
+                  "end_positions")
+
+
+def load_cached_features(path, digest, args):
+    """The cached tensors, or None (with a warning saying why) when the cache is absent,
+    unreadable, incomplete, or made from another content of --train_file."""
+    if not path.is_file():
+        return None
+    try:
+        cache = torch.load(path, weights_only=True)
+    except Exception as error:  # a damaged file raises any of a dozen types inside torch
+        logger.warning("the feature cache %s cannot be read (%s: %s): rebuilding it from "
+                       "--train_file", path, type(error).__name__, error)
+        return None
+    recorded = cache.get("train_file_sha256") if isinstance(cache, dict) else None
+    if recorded is None:
+        logger.warning("the feature cache %s does not record which --train_file content it "
+                       "was made from (an older cache): rebuilding it", path)
+        return None
+    if recorded != digest:
+        logger.warning("the feature cache %s was made from another version of --train_file "
+                       "%s (its content changed since): rebuilding it", path, args.train_file)
+        return None
+    tensors = cache.get("tensors")
+    if not _complete_features(tensors, args.max_seq_length):
+        logger.warning("the feature cache %s is incomplete: rebuilding it from --train_file",
+                       path)
+        return None
+    logger.info("loading cached training features from %s", path)
+    return tensors
+
+
+def _complete_features(tensors, max_seq_length):
+    if not isinstance(tensors, dict) or set(tensors) != set(CACHED_TENSORS):
+        return False
+    if not all(isinstance(t, torch.Tensor) for t in tensors.values()):
+        return False
+    rows = {len(t) for t in tensors.values()}
+    return len(rows) == 1 and tensors["input_ids"].shape[1:] == (max_seq_length,)
+
+
+def save_cached_features(path, tensors, digest):
+    """Writes the cache atomically; a folder that cannot take it only costs the next run the
+    conversion, so that is a warning, not an error after the work is done."""
+    try:
+        with utils.atomic_path(path) as temporary:
+            torch.save({"train_file_sha256": digest, "tensors": tensors}, temporary)
+    except OSError as error:
+        logger.warning("cannot write the feature cache %s (%s): training goes on without it; "
+                       "pass a writable --cache_dir, or --skip_cache", path,
+                       error.strerror or error)
 
 
 # ----------------------------------------------------------------------------- prediction
 
-def predict_answers(model, args, tokenizer, device):
-    """Answers every question of --predict_file; returns (predictions, null_odds, rate)."""
-    examples, features, tensors = read_features(args.predict_file, False, args, tokenizer)
+def predict_answers(model, examples, args, tokenizer, device):
+    """Answers every question of --predict_file (its examples, read before training);
+    returns (predictions, null_odds, rate)."""
+    features, tensors = read_features(examples, False, args, tokenizer)
     (start_logits, end_logits), rate = finetuning.predict(
         model, finetuning.named_dataset(tensors), args.predict_batch_size, args, device,
         per_token=True)
@@ -176,9 +259,11 @@ def score_predictions_file(args):
 
 def main(args):
     check_modes(args)
+    check_input_files(args)
     if args.do_eval and not args.do_predict:
         return score_predictions_file(args)
     utils.check_precision_args(args)
+    utils.check_writable_dir(args.output_dir, "--output_dir")
     distributed = utils.init_distributed(args.no_cuda)
     utils.setup_logging(distributed.is_main)
     utils.seed_everything(args.seed, distributed.rank)
@@ -189,6 +274,9 @@ def main(args):
     metrics.parameters(vars(args))
     model = finetuning.load_model(BertForQuestionAnswering, args, distributed.device,
                                   will_train=args.do_train)
+    # Read before training, so that a malformed --predict_file fails now, not after it.
+    predict_examples = (read_examples(args.predict_file, False, args)
+                        if args.do_predict and distributed.is_main else None)
 
     results = {}
     if args.do_train:
@@ -197,8 +285,8 @@ def main(args):
         if distributed.is_main:
             finetuning.save_model(model, args)
     if args.do_predict and distributed.is_main:
-        predictions, null_odds, rate = predict_answers(model, args, tokenizer,
-                                                       distributed.device)
+        predictions, null_odds, rate = predict_answers(model, predict_examples, args,
+                                                       tokenizer, distributed.device)
         results["inference_sequences_per_second"] = rate
         if args.do_eval:
             results.update(score(args, predictions, null_odds))

@@ -280,7 +280,8 @@ def test_prediction_needs_a_fine_tuned_head(tiny_model_files, tmp_path):
                                          r"BertForQuestionAnswering head \(qa_outputs.bias"):
         inference.main(inference.parse_args([
             "--init_checkpoint", str(tmp_path / "encoder.pt"), "--config_file", str(config),
-            "--vocab_file", str(vocab), "--question", "Where?", "--context", "In Paris."]))
+            "--vocab_file", str(vocab), "--question", "Where?", "--context", "In Paris.",
+            "--max_seq_length", "128"]))
     with pytest.raises(ValueError, match="--init_checkpoint is required to predict"):
         run_squad.main(squad_args(config, vocab, tmp_path, "--do_predict"))
     # A classifier checkpoint without the pooler it reads is not fine-tuned either.

@@ -532,7 +532,7 @@ def test_v1_exact_match_and_f1(caplog):
 
 
 def test_v1_refuses_questions_without_answers():
-    with pytest.raises(ValueError, match="version_2=True"):
+    with pytest.raises(ValueError, match="Score it with --version_2_with_negative"):
         squad.evaluate(dataset(("q1", [])), {"q1": ""})
 
 

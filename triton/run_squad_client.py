@@ -12,7 +12,8 @@ forward pass is replaced: the windows go to the server in batches of at most the
 max_batch_size, with the input dtype the model declares.
 
 Deliberate deviations from NVIDIA's run_squad_client.py: one question from the command line
-(or --context_file) rather than a SQuAD file; the answer decoding is squad.py's, not a copy.
+(or --context_file) rather than a SQuAD file; the answer decoding is squad.py's, not a copy;
+bad input (a binary --context_file, say) prints one `error:` line, as every entry script.
 """
 
 import argparse
@@ -22,7 +23,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-import utils  # noqa: E402,F401 - first: hides this folder from `import triton` (see utils)
+import utils  # noqa: E402 - first: hides this folder from `import triton` (see utils)
 import inference  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
@@ -119,4 +120,4 @@ def main(args):
 
 
 if __name__ == "__main__":
-    main(parse_args())
+    utils.run_entry_point(main, parse_args)
