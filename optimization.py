@@ -22,9 +22,9 @@ Deliberate deviations from NVIDIA's BERT for PyTorch:
   use_nvlamb=False, global clipping to max_grad_norm); AMSGrad, L2 mode and NVLAMB are not offered.
   Each stage is one multi-tensor pass over all parameters, whatever their number, with no host
   sync: the per-tensor step sizes (-lr * trust ratio) are expanded to one value per element, so
-  that the last pass is a single addcmul, at the cost of a transient buffer of the parameters'
-  size; the bias corrections are folded into host scalars, as torch's Adam does, so results
-  differ from apex's kernel in the last bits only.
+  that the last pass is a single addcmul (the transient index and values take the memory that
+  the clipped gradients have just freed). The bias corrections are folded into host scalars, as
+  torch's Adam does, so results differ from apex's kernel in the last bits only.
 - ``make_lamb`` still picks apex's FusedLAMB when apex is installed with its compiled extension
   (amp_C; a Python-only build is not enough) and the parameters are on CUDA.
 - LAMB counts steps per parameter (PyTorch's convention) where apex counts per group; they differ
@@ -90,6 +90,7 @@ class LAMB(torch.optim.Optimizer):
         super().__init__(params, dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay))
         # One clip for the whole model, so it is not a per-group setting.
         self.max_grad_norm = max_grad_norm
+        self._repeats_cache = {}  # (device, tensor sizes) -> the sizes on that device
 
     @torch.no_grad()
     def step(self, closure=None):
@@ -187,12 +188,11 @@ class LAMB(torch.optim.Optimizer):
         """The tensor sizes as a tensor on `device`, kept between steps: made once, it costs
         no host-to-device copy per step. int32 where it fits (repeat_interleave builds an
         index of that dtype, one entry per parameter element)."""
-        cache = self.__dict__.setdefault("_repeats_cache", {})
         key = (device, tuple(numels))
-        if key not in cache:
+        if key not in self._repeats_cache:
             dtype = torch.int32 if sum(numels) < 2**31 else torch.int64
-            cache[key] = torch.tensor(numels, dtype=dtype).to(device)
-        return cache[key]
+            self._repeats_cache[key] = torch.tensor(numels, dtype=dtype).to(device)
+        return self._repeats_cache[key]
 
     def load_state_dict(self, state_dict):
         """Load state, keeping the fp32 moments and master copies of bf16/fp16 parameters fp32."""

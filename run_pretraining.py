@@ -40,7 +40,13 @@ from torch.nn.parallel import DistributedDataParallel
 
 import utils
 from model import BertConfig, BertForPreTraining, add_batch_indices, load_checkpoint
-from optimization import lamb_kind, load_lamb_state, make_lamb, param_groups, poly_warmup_schedule
+from optimization import (
+    lamb_kind,
+    load_lamb_state,
+    make_lamb,
+    param_groups,
+    poly_warmup_schedule,
+)
 from pretraining_data import (
     LddlBatches,
     Position,

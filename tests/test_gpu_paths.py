@@ -11,6 +11,7 @@ called from Python.
 
 import contextlib
 import importlib.util
+import itertools
 import logging
 import sys
 import types
@@ -157,9 +158,10 @@ class FakeFusedLAMB(torch.optim.Optimizer):
                  weight_decay=0.01, amsgrad=False, adam_w_mode=True, grad_averaging=True,
                  set_grad_none=True, max_grad_norm=1.0, use_nvlamb=False):
         import amp_C  # noqa: F401 - apex raises "requires cuda extensions" without it
-        super().__init__(params, dict(lr=lr, bias_correction=bias_correction, betas=betas,
-                                      eps=eps, weight_decay=weight_decay,
-                                      grad_averaging=grad_averaging, max_grad_norm=max_grad_norm))
+        super().__init__(params, {"lr": lr, "bias_correction": bias_correction, "betas": betas,
+                                  "eps": eps, "weight_decay": weight_decay,
+                                  "grad_averaging": grad_averaging,
+                                  "max_grad_norm": max_grad_norm})
 
     @torch.no_grad()
     def step(self):
@@ -169,7 +171,8 @@ class FakeFusedLAMB(torch.optim.Optimizer):
         for group in self.param_groups:
             group["step"] = group.get("step", 0) + 1
             beta1, beta2 = group["betas"]
-            bias_correction1, bias_correction2 = 1 - beta1 ** group["step"], 1 - beta2 ** group["step"]
+            bias_correction1 = 1 - beta1 ** group["step"]
+            bias_correction2 = 1 - beta2 ** group["step"]
             for p in group["params"]:
                 if p.grad is None:
                     continue
@@ -407,8 +410,9 @@ def test_add_batch_indices_finds_padding_packing_and_masked_positions():
     packed = add_batch_indices(pretraining_batch("mostly_padded"))
     batch = pretraining_batch("mostly_padded")
     assert packed["padded"] is True
-    assert torch.equal(packed["token_index"],
-                       torch.tensor([r * 16 + c for r, n in enumerate([5, 3, 2, 4]) for c in range(n)]))
+    real = [row * 16 + column for row, length in enumerate([5, 3, 2, 4])
+            for column in range(length)]
+    assert torch.equal(packed["token_index"], torch.tensor(real))
     labels = batch["masked_lm_labels"].reshape(-1)
     assert torch.equal(packed["masked_lm_index"], torch.nonzero(labels >= 0).squeeze(1))
     assert all(torch.equal(packed[k], v) for k, v in batch.items())  # the batch itself unchanged
@@ -532,7 +536,7 @@ def training_setup(accumulation=2):
         "--num_steps_per_checkpoint", "100", "--skip_checkpoint", "--disable_progress_bar"])
     distributed = utils.Distributed(0, 0, 1, torch.device("cpu"))
     scaler = utils.make_grad_scaler("fp32", distributed.device)
-    return model, run_pretraining.Trainer(model, optimizer, scheduler, scaler, args, distributed)
+    return run_pretraining.Trainer(model, optimizer, scheduler, scaler, args, distributed)
 
 
 def batch_stream():
@@ -558,7 +562,7 @@ def test_the_model_alone_would_sync_every_micro_batch(monkeypatch):
 
 
 def test_a_training_step_syncs_at_most_twice_outside_logging_steps(monkeypatch):
-    model, trainer = training_setup()
+    trainer = training_setup()
     step_syncs, loop_syncs = [], []
     with SyncCounter(monkeypatch) as counter:
         monkeypatch.setattr(run_pretraining, "add_batch_indices",
@@ -576,7 +580,7 @@ def test_a_training_step_syncs_at_most_twice_outside_logging_steps(monkeypatch):
         trainer.args.steps_this_run = 5
         run_pretraining.train(trainer.args, trainer, batch_stream(), 0, utils.MetricLogger(None),
                               trainer.distributed)
-    per_iteration = [b - a for a, b in zip(loop_syncs, loop_syncs[1:])]  # step 5 logs: left out
+    per_iteration = [b - a for a, b in itertools.pairwise(loop_syncs)]  # step 5 logs: left out
     assert step_syncs == [0] * 5, counter.seen  # Trainer.step itself: none in fp32
     assert len(per_iteration) == 4 and max(per_iteration) <= 2, (per_iteration, counter.seen)
 
@@ -602,8 +606,7 @@ class OpRecorder(TorchDispatchMode):
         lists = [a for a in args if isinstance(a, (list, tuple)) and a
                  and all(torch.is_tensor(t) for t in a)]
         if name.startswith("_foreach") and any(
-                len(other) != len(lists[0]) or any(t.shape != u.shape for t, u in zip(other, lists[0]))
-                for other in lists[1:]):
+                [t.shape for t in other] != [t.shape for t in lists[0]] for other in lists[1:]):
             self.per_tensor.append(name)
         return func(*args, **(kwargs or {}))
 
