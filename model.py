@@ -15,13 +15,24 @@ Deliberate deviations from NVIDIA's modeling.py:
   over every position. Logits never include the padded vocabulary rows.
 - Batches with more than 10% padding run the position-wise layers on the real tokens
   only (outputs at padding are zero), and question answering gives padding positions a
-  logit of -10000, so the loss's softmax covers the real tokens only.
+  logit of -10000, so the loss's softmax covers the real tokens only. A batch without
+  padding is attended without a mask, which lets SDPA choose its flash kernel.
+- Pre-training can be given the unpadding and masked-position indices computed on the host
+  before the transfer (`add_batch_indices`), so a training step reads nothing back from the
+  GPU; without them the model computes them itself, as NVIDIA's does.
+- Position ids are a non-persistent buffer (as in newer transformers): state dicts do not
+  hold it, and a traced graph keeps no device, so an export runs on any GPU or the CPU.
+- apex's FusedLayerNorm is used only where its compiled extension (fused_layer_norm_cuda)
+  is installed; NVIDIA's code took it whenever apex imported, and a Python-only apex build
+  then failed when the model was built.
 - Loading is strict about the encoder (a missing, unexpected or mis-shaped encoder weight is
   an error, see NVIDIA issues #1151/#1154); task heads may be missing or unexpected and are
   reported by name.
 - Checkpoints are read with `torch.load(weights_only=True)` or safetensors only: no pickled code.
 """
 
+import functools
+import importlib
 import json
 import math
 import os
@@ -37,10 +48,33 @@ from torch import nn
 
 from utils import atomic_write_text, load_tensors, logger
 
-try:  # apex's fused kernel when present; same parameter names as nn.LayerNorm
-    from apex.normalization import FusedLayerNorm as LayerNorm
-except ImportError:
-    LayerNorm = nn.LayerNorm
+
+@functools.cache
+def layer_norm_class():
+    """apex's FusedLayerNorm where apex is installed with its compiled extension, else
+    nn.LayerNorm (same parameter names); decided once per process and logged.
+
+    A Python-only apex build imports fine and fails only when a FusedLayerNorm is constructed
+    (it lacks fused_layer_norm_cuda), so the extension itself is what is checked.
+    """
+    try:
+        from apex.normalization import FusedLayerNorm
+    except ImportError:
+        logger.debug("LayerNorm: torch.nn.LayerNorm (apex is not installed)")
+        return nn.LayerNorm
+    try:
+        importlib.import_module("fused_layer_norm_cuda")
+    except ImportError as e:
+        logger.warning("LayerNorm: torch.nn.LayerNorm; apex is installed without its compiled "
+                       "extension fused_layer_norm_cuda (%s): rebuild apex with --cuda_ext "
+                       "for the fused kernel", e)
+        return nn.LayerNorm
+    logger.info("LayerNorm: apex FusedLayerNorm")
+    return FusedLayerNorm
+
+
+def layer_norm(config):
+    return layer_norm_class()(config.hidden_size, eps=config.layer_norm_eps)
 
 ACT2FN = {
     "gelu": F.gelu,
@@ -138,12 +172,22 @@ class BertEmbeddings(nn.Module):
         self.word_embeddings = nn.Embedding(config.padded_vocab_size, config.hidden_size)
         self.position_embeddings = nn.Embedding(config.max_position_embeddings, config.hidden_size)
         self.token_type_embeddings = nn.Embedding(config.type_vocab_size, config.hidden_size)
-        self.LayerNorm = LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.LayerNorm = layer_norm(config)
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
+        # A buffer, not torch.arange(..., device=...): a traced graph would keep that device
+        # as a constant, while a buffer moves with the module. Not persistent, so state
+        # dicts (and their parity with Hugging Face's) do not change.
+        self.register_buffer("position_ids", torch.arange(config.max_position_embeddings)[None],
+                             persistent=False)
 
     def forward(self, input_ids, token_type_ids):
-        positions = torch.arange(input_ids.shape[1], device=input_ids.device)
-        embeddings = (self.word_embeddings(input_ids) + self.position_embeddings(positions)
+        seq_len = input_ids.shape[1]
+        if not torch.jit.is_tracing() and seq_len > self.position_ids.shape[1]:
+            raise ValueError(f"a sequence of {seq_len} tokens is longer than the model's "
+                             f"max_position_embeddings ({self.position_ids.shape[1]}): "
+                             f"truncate the input (--max_seq_length)")
+        embeddings = (self.word_embeddings(input_ids)
+                      + self.position_embeddings(self.position_ids[:, :seq_len])
                       + self.token_type_embeddings(token_type_ids))
         return self.dropout(self.LayerNorm(embeddings))
 
@@ -180,7 +224,7 @@ class BertSelfOutput(nn.Module):
     def __init__(self, config, input_size):
         super().__init__()
         self.dense = nn.Linear(input_size, config.hidden_size)
-        self.LayerNorm = LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.LayerNorm = layer_norm(config)
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
 
     def forward(self, hidden_states, residual):
@@ -269,8 +313,48 @@ def attention_bias_from_mask(attention_mask):
     """
     if attention_mask is None:
         return None
-    keep = attention_mask[:, None, None, :].to(torch.bool)
-    return torch.zeros(keep.shape, device=keep.device).masked_fill(~keep, -10000.0)
+    keep = attention_mask[:, None, None, :].bool()
+    # Built from the mask, not torch.zeros(..., device=...): a traced graph keeps no device.
+    return torch.zeros_like(keep, dtype=torch.float32).masked_fill(~keep, -10000.0)
+
+
+def unpadding_indices(attention_mask):
+    """(B, T) 1/0 padding mask -> (token_index, padded).
+
+    token_index: the flat positions of the real tokens when they are fewer than
+    `TokenLayout.PACK_BELOW` of the batch (the model then runs on them only), else None.
+    padded: whether any position is padding (without padding attention takes no mask).
+    Reading them is a host sync for a mask on a GPU; `add_batch_indices` does it on the
+    CPU batch before the transfer.
+    """
+    keep = attention_mask.reshape(-1).bool()
+    real = keep.nonzero().squeeze(1)
+    token_index = real if real.numel() < TokenLayout.PACK_BELOW * keep.numel() else None
+    return token_index, real.numel() < keep.numel()
+
+
+def masked_lm_indices(masked_lm_labels):
+    """The flat positions whose label is >= 0: the masked tokens that the loss reads."""
+    return (masked_lm_labels.reshape(-1) >= 0).nonzero().squeeze(1)
+
+
+def add_batch_indices(batch, pin_memory=False):
+    """A pre-training batch, still on the CPU, plus what the model would otherwise read back
+    from the GPU every micro-batch (a host sync each time): 'padded' (a Python bool),
+    'token_index' when the batch is packed (see unpadding_indices) and 'masked_lm_index'.
+    BertForPreTraining takes them as keyword arguments. With pin_memory every tensor is put
+    in pinned memory, so that `.to(device, non_blocking=True)` does not wait for the GPU."""
+    if batch["attention_mask"].device.type != "cpu":
+        raise ValueError(f"add_batch_indices takes the batch before its transfer to the "
+                         f"device; its attention_mask is on {batch['attention_mask'].device}")
+    token_index, padded = unpadding_indices(batch["attention_mask"])
+    indexed = dict(batch, padded=padded,
+                   masked_lm_index=masked_lm_indices(batch["masked_lm_labels"]))
+    if token_index is not None:
+        indexed["token_index"] = token_index
+    if pin_memory:
+        indexed = {k: v.pin_memory() if torch.is_tensor(v) else v for k, v in indexed.items()}
+    return indexed
 
 
 class TokenLayout:
@@ -279,19 +363,31 @@ class TokenLayout:
     When padding is more than `PACK_BELOW` of the batch, the position-wise layers (the
     projections, feed-forward and LayerNorms: most of the model's work) run on the real
     tokens only, packed as (N, hidden); attention unpacks them to (B, T) for SDPA. Outputs
-    at padding positions are then zero (they are meaningless either way).
+    at padding positions are then zero (they are meaningless either way). A batch without
+    padding gets no attention mask at all, which lets SDPA choose its flash kernel.
+
+    `token_index` and `padded` come from `unpadding_indices`, computed on the host before
+    the transfer (add_batch_indices); without them the layout computes them itself, one
+    host sync per forward.
     """
     PACK_BELOW = 0.9
+    # Set while exporting (triton/export_model.py): the graph must not follow the data, so
+    # the batch is never packed and the bias is always applied, with no host sync.
+    STATIC = False
 
-    def __init__(self, attention_mask):
-        self.attention_bias = attention_bias_from_mask(attention_mask)
-        self.index = None
-        if attention_mask is not None:
-            self.shape = attention_mask.shape
-            keep = attention_mask.reshape(-1).bool()
-            real = keep.nonzero().squeeze(1)  # one host sync per forward
-            if real.numel() < self.PACK_BELOW * keep.numel():
-                self.index = real
+    def __init__(self, attention_mask, token_index=None, padded=None):
+        self.index = self.attention_bias = None
+        if attention_mask is None:
+            return
+        self.shape = attention_mask.shape
+        if self.STATIC:
+            self.attention_bias = attention_bias_from_mask(attention_mask)
+            return
+        if padded is None:
+            token_index, padded = unpadding_indices(attention_mask)
+        self.index = token_index
+        if padded:
+            self.attention_bias = attention_bias_from_mask(attention_mask)
 
     def pack(self, x):
         """(B, T, H) -> (N, H) real tokens; unchanged when not packing."""
@@ -318,7 +414,7 @@ class BertPreTrainedModel(nn.Module):
             nn.init.normal_(module.weight, mean=0.0, std=std)
         if isinstance(module, nn.Linear) and module.bias is not None:
             nn.init.zeros_(module.bias)
-        elif isinstance(module, LayerNorm):
+        elif isinstance(module, (nn.LayerNorm, layer_norm_class())):
             nn.init.ones_(module.weight)
             nn.init.zeros_(module.bias)
 
@@ -340,11 +436,14 @@ class BertModel(BertPreTrainedModel):
         with torch.no_grad():  # padded vocabulary rows are never looked up
             self.embeddings.word_embeddings.weight[config.vocab_size:].zero_()
 
-    def forward(self, input_ids, token_type_ids=None, attention_mask=None):
+    def forward(self, input_ids, token_type_ids=None, attention_mask=None, token_index=None,
+                padded=None):
+        """token_index and padded: see TokenLayout (optional; computed here when absent)."""
         if token_type_ids is None:
             token_type_ids = torch.zeros_like(input_ids)
         hidden_states = self.embeddings(input_ids, token_type_ids)
-        sequence_output = self.encoder(hidden_states, TokenLayout(attention_mask))
+        layout = TokenLayout(attention_mask, token_index, padded)
+        sequence_output = self.encoder(hidden_states, layout)
         pooled_output = self.pooler(sequence_output) if self.pooler is not None else None
         return sequence_output, pooled_output
 
@@ -356,7 +455,7 @@ class BertPredictionHeadTransform(nn.Module):
         super().__init__()
         self.dense = nn.Linear(config.hidden_size, config.hidden_size)
         self.activation = ACT2FN[config.hidden_act]
-        self.LayerNorm = LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.LayerNorm = layer_norm(config)
 
     def forward(self, hidden_states):
         return self.LayerNorm(self.activation(self.dense(hidden_states)))
@@ -406,22 +505,29 @@ class BertForPreTraining(BertPreTrainedModel):
         self.init_weights(self.cls.predictions.transform, self.cls.seq_relationship)
 
     def forward(self, input_ids, token_type_ids=None, attention_mask=None,
-                masked_lm_labels=None, next_sentence_labels=None):
+                masked_lm_labels=None, next_sentence_labels=None, token_index=None,
+                masked_lm_index=None, padded=None):
         """Without labels: (prediction_scores (B, T, vocab), seq_relationship_scores (B, 2)).
         With masked_lm_labels (token id where masked, negative elsewhere):
         (total_loss, masked_lm_loss, next_sentence_loss), the NSP term only when
-        next_sentence_labels is given (else next_sentence_loss is None)."""
-        sequence_output, pooled_output = self.bert(input_ids, token_type_ids, attention_mask)
+        next_sentence_labels is given (else next_sentence_loss is None).
+        token_index, masked_lm_index and padded are what add_batch_indices computes on the
+        host; when absent they are computed here (a host sync each on a GPU)."""
+        sequence_output, pooled_output = self.bert(input_ids, token_type_ids, attention_mask,
+                                                   token_index, padded)
         seq_relationship_scores = self.cls.seq_relationship(pooled_output)
         if masked_lm_labels is None:
             return self.cls.predictions(sequence_output), seq_relationship_scores
 
         # Decode only the masked positions: the vocabulary projection is the costliest
         # matmul of the model and ~85% of its rows would be thrown away.
-        masked = masked_lm_labels >= 0
-        prediction_scores = self.cls.predictions(sequence_output[masked])
-        masked_lm_loss = cross_entropy_ignoring_negatives(prediction_scores,
-                                                          masked_lm_labels[masked])
+        if masked_lm_index is None:
+            masked_lm_index = masked_lm_indices(masked_lm_labels)
+        hidden_size = sequence_output.shape[-1]
+        masked_output = sequence_output.reshape(-1, hidden_size).index_select(0, masked_lm_index)
+        prediction_scores = self.cls.predictions(masked_output)
+        masked_lm_loss = cross_entropy_ignoring_negatives(
+            prediction_scores, masked_lm_labels.reshape(-1).index_select(0, masked_lm_index))
         if next_sentence_labels is None:
             return masked_lm_loss, masked_lm_loss, None
         next_sentence_loss = cross_entropy_ignoring_negatives(seq_relationship_scores,
@@ -494,7 +600,8 @@ OPTIONAL_PREFIXES = ("cls.", "qa_outputs.", "classifier.", "bert.pooler.", "pool
 VOCAB_ROW_SUFFIXES = ("word_embeddings.weight", "cls.predictions.bias",
                       "cls.predictions.decoder.weight", "cls.predictions.decoder.bias")
 TIED_KEYS = ("cls.predictions.decoder.weight", "cls.predictions.decoder.bias")
-# A buffer that older Hugging Face checkpoints carry; we compute positions on the fly.
+# A buffer that older Hugging Face checkpoints carry; ours is not persistent (not in state
+# dicts), as in newer transformers.
 IGNORED_SUFFIXES = ("embeddings.position_ids",)
 
 

@@ -20,10 +20,18 @@ Deliberate deviations from NVIDIA's BERT for PyTorch:
 - LAMB is written with ``torch._foreach_*`` multi-tensor ops instead of apex's CUDA kernels. The
   math is apex ``FusedLAMB`` with its defaults (bias correction, adam_w_mode, grad_averaging,
   use_nvlamb=False, global clipping to max_grad_norm); AMSGrad, L2 mode and NVLAMB are not offered.
-  ``make_lamb`` still picks apex's FusedLAMB when it is installed and the parameters are on CUDA.
+  Each stage is one multi-tensor pass over all parameters, whatever their number, with no host
+  sync: the per-tensor step sizes (-lr * trust ratio) are expanded to one value per element, so
+  that the last pass is a single addcmul (the transient index and values take the memory that
+  the clipped gradients have just freed). The bias corrections are folded into host scalars, as
+  torch's Adam does, so results differ from apex's kernel in the last bits only.
+- ``make_lamb`` still picks apex's FusedLAMB when apex is installed with its compiled extension
+  (amp_C; a Python-only build is not enough) and the parameters are on CUDA.
 - LAMB counts steps per parameter (PyTorch's convention) where apex counts per group; they differ
   only for a parameter that has no gradient on some steps, whose bias correction then follows its
-  own update count.
+  own update count. Checkpoints record which LAMB wrote them (``lamb_kind``) and
+  ``load_lamb_state`` moves the count between the two, so a run resumes with or without apex
+  (NVIDIA's cannot); towards FusedLAMB a group takes the largest count of its parameters.
 - bf16/fp16 parameters get fp32 moments and an fp32 master copy inside LAMB (FusedLAMBAMP keeps
   master copies for fp16 only). The model's low-precision tensor is rewritten from the master copy
   after each step, so updates smaller than one bf16 ulp still accumulate.
@@ -38,10 +46,15 @@ Deliberate deviations from NVIDIA's BERT for PyTorch:
   also matches 'gamma' and 'beta', TF-era names that do not occur in our (Hugging Face) naming.
 """
 
+import functools
+import importlib
+import math
 from itertools import chain
 
 import torch
 from torch.optim.lr_scheduler import LambdaLR
+
+from utils import logger
 
 NO_DECAY = ("bias", "LayerNorm.weight", "LayerNorm.bias")
 
@@ -77,48 +90,58 @@ class LAMB(torch.optim.Optimizer):
         super().__init__(params, dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay))
         # One clip for the whole model, so it is not a per-group setting.
         self.max_grad_norm = max_grad_norm
+        self._repeats_cache = {}  # (device, tensor sizes) -> the sizes on that device
 
     @torch.no_grad()
     def step(self, closure=None):
-        """Apply one LAMB update to every parameter that has a gradient; returns closure's loss."""
+        """Apply one LAMB update to every parameter that has a gradient; returns closure's loss.
+
+        Each stage is one multi-tensor (foreach) pass over all parameters of a (device, dtype)
+        bucket, whatever their number, and nothing is read back to the host.
+        """
         loss = None
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        group_buckets = [self._collect_buckets(group) for group in self.param_groups]
-        all_buckets = [bucket for buckets in group_buckets for bucket in buckets]
-        if not all_buckets:
+        buckets = self._collect_buckets()
+        if not buckets:
             return loss
-        clip_divisor = self._clip_divisor(all_buckets)
-        for group, buckets in zip(self.param_groups, group_buckets):
-            for bucket in buckets:
-                self._update_bucket(group, bucket, clip_divisor)
+        clip_divisor = self._clip_divisor(buckets)
+        for bucket in buckets:
+            self._update_bucket(bucket, clip_divisor)
         return loss
 
-    def _collect_buckets(self, group):
-        """Group the parameters that have gradients by (device, dtype) for the foreach kernels.
+    def _collect_buckets(self):
+        """The parameters that have gradients, by (device, dtype) for the foreach kernels;
+        within a bucket each group's parameters are consecutive, spans[i] = (group, start, end).
 
         Initialises missing state and advances each parameter's step count.
         """
         buckets = {}
-        for param in group["params"]:
-            if param.grad is None:
-                continue
-            if param.grad.is_sparse:
-                raise RuntimeError(
-                    f"LAMB got a sparse gradient for a parameter of shape {tuple(param.shape)}; "
-                    "it needs dense gradients (use a dense nn.Embedding, sparse=False).")
-            state = self.state[param]
-            if not state:
-                _init_state(state, param)
-            state["step"] += 1
-            bucket = buckets.setdefault((param.device, param.dtype), _empty_bucket())
-            bucket["params"].append(param)
-            bucket["grads"].append(param.grad)
-            bucket["exp_avgs"].append(state["exp_avg"])
-            bucket["exp_avg_sqs"].append(state["exp_avg_sq"])
-            bucket["masters"].append(state.get("master_param", param))
-            bucket["steps"].append(state["step"])
+        for group in self.param_groups:
+            for param in group["params"]:
+                if param.grad is None:
+                    continue
+                if param.grad.is_sparse:
+                    raise RuntimeError(
+                        f"LAMB got a sparse gradient for a parameter of shape "
+                        f"{tuple(param.shape)}; it needs dense gradients (use a dense "
+                        "nn.Embedding, sparse=False).")
+                state = self.state[param]
+                if not state:
+                    _init_state(state, param)
+                state["step"] += 1
+                bucket = buckets.setdefault((param.device, param.dtype), _empty_bucket())
+                count = len(bucket["params"])
+                if not bucket["spans"] or bucket["spans"][-1][0] is not group:
+                    bucket["spans"].append([group, count, count])
+                bucket["spans"][-1][2] = count + 1
+                bucket["params"].append(param)
+                bucket["grads"].append(param.grad)
+                bucket["exp_avgs"].append(state["exp_avg"])
+                bucket["exp_avg_sqs"].append(state["exp_avg_sq"])
+                bucket["masters"].append(state.get("master_param", param))
+                bucket["steps"].append(state["step"])
         return list(buckets.values())
 
     def _clip_divisor(self, buckets):
@@ -139,33 +162,37 @@ class LAMB(torch.optim.Optimizer):
         global_norm = torch.linalg.vector_norm(torch.stack([n.to(first_device) for n in device_norms]))
         return torch.clamp(global_norm / self.max_grad_norm, min=1.0)
 
-    def _update_bucket(self, group, bucket, clip_divisor):
-        """The LAMB update for one (device, dtype) bucket of one parameter group."""
-        beta1, beta2 = group["betas"]
-        masters, exp_avgs, exp_avg_sqs = bucket["masters"], bucket["exp_avgs"], bucket["exp_avg_sqs"]
+    def _update_bucket(self, bucket, clip_divisor):
+        """The LAMB update of one (device, dtype) bucket: p += step_size * u, where step_size
+        is -lr * trust_ratio per tensor, expanded to one value per element so that the last
+        pass is a single multi-tensor addcmul."""
+        masters = bucket["masters"]
         grads = _scaled_grads(bucket["grads"], masters[0].dtype, clip_divisor)
-
-        torch._foreach_mul_(exp_avgs, beta1)
-        torch._foreach_add_(exp_avgs, grads, alpha=1 - beta1)
-        torch._foreach_mul_(exp_avg_sqs, beta2)
-        torch._foreach_addcmul_(exp_avg_sqs, grads, grads, value=1 - beta2)
-
-        bias_correction1 = [1 - beta1 ** step for step in bucket["steps"]]
-        bias_correction2 = [1 - beta2 ** step for step in bucket["steps"]]
-        denominators = torch._foreach_div(exp_avg_sqs, bias_correction2)
-        torch._foreach_sqrt_(denominators)
-        torch._foreach_add_(denominators, group["eps"])
-        updates = torch._foreach_div(exp_avgs, bias_correction1)
-        torch._foreach_div_(updates, denominators)
-
-        if group["weight_decay"] != 0:
-            torch._foreach_add_(updates, masters, alpha=group["weight_decay"])
-            # Layer-wise adaptation only where weights decay: biases and LayerNorm parameters
-            # take a plain Adam-style step, as in apex with use_nvlamb=False.
-            torch._foreach_mul_(updates, _trust_ratios(masters, updates))
-        torch._foreach_add_(masters, updates, alpha=-group["lr"])
+        updates = []
+        for group, start, end in bucket["spans"]:
+            updates += _adam_updates(group, grads[start:end], bucket["exp_avgs"][start:end],
+                                     bucket["exp_avg_sqs"][start:end], masters[start:end],
+                                     bucket["steps"][start:end])
+        del grads  # the clipped copies: memory for what follows
+        step_sizes = _step_sizes(bucket["spans"], masters, updates)
+        numels = [master.numel() for master in masters]
+        per_element = torch.repeat_interleave(step_sizes, self._repeats(numels, step_sizes.device),
+                                              output_size=sum(numels))
+        torch._foreach_addcmul_(masters, updates, [
+            values.view(master.shape)
+            for values, master in zip(per_element.split(numels), masters)])
         if masters[0] is not bucket["params"][0]:
             torch._foreach_copy_(bucket["params"], masters)
+
+    def _repeats(self, numels, device):
+        """The tensor sizes as a tensor on `device`, kept between steps: made once, it costs
+        no host-to-device copy per step. int32 where it fits (repeat_interleave builds an
+        index of that dtype, one entry per parameter element)."""
+        key = (device, tuple(numels))
+        if key not in self._repeats_cache:
+            dtype = torch.int32 if sum(numels) < 2**31 else torch.int64
+            self._repeats_cache[key] = torch.tensor(numels, dtype=dtype).to(device)
+        return self._repeats_cache[key]
 
     def load_state_dict(self, state_dict):
         """Load state, keeping the fp32 moments and master copies of bf16/fp16 parameters fp32."""
@@ -205,7 +232,8 @@ def _init_state(state, param):
 
 
 def _empty_bucket():
-    return {key: [] for key in ("params", "grads", "exp_avgs", "exp_avg_sqs", "masters", "steps")}
+    return {key: [] for key in ("params", "grads", "exp_avgs", "exp_avg_sqs", "masters", "steps",
+                                "spans")}
 
 
 def _scaled_grads(grads, dtype, clip_divisor):
@@ -220,20 +248,67 @@ def _scaled_grads(grads, dtype, clip_divisor):
     return torch._foreach_div(grads, clip_divisor.to(grads[0].device))
 
 
-def _trust_ratios(params, updates):
-    """Per-tensor ||p|| / ||u||, or 1.0 where either norm is zero, as a list of 0-d tensors."""
-    param_norms = torch.stack(torch._foreach_norm(params))
+def _adam_updates(group, grads, exp_avgs, exp_avg_sqs, masters, steps):
+    """Advances one group's moments; returns its updates u = m_hat / (sqrt(v_hat) + eps) + wd p.
+
+    The bias corrections are folded into per-tensor host scalars, as torch's Adam does:
+    u = wd p + (sqrt(bc2) / bc1) m / (sqrt(v) + eps sqrt(bc2)), two passes fewer over v.
+    """
+    beta1, beta2 = group["betas"]
+    torch._foreach_lerp_(exp_avgs, grads, 1 - beta1)  # m = beta1 m + (1 - beta1) g
+    torch._foreach_mul_(exp_avg_sqs, beta2)
+    torch._foreach_addcmul_(exp_avg_sqs, grads, grads, value=1 - beta2)
+
+    sqrt_bias_correction2 = [math.sqrt(1 - beta2 ** step) for step in steps]
+    step_scales = [root / (1 - beta1 ** step) for root, step in zip(sqrt_bias_correction2, steps)]
+    denominators = torch._foreach_sqrt(exp_avg_sqs)
+    torch._foreach_add_(denominators, [group["eps"] * root for root in sqrt_bias_correction2])
+    updates = torch._foreach_mul(masters, group["weight_decay"])
+    torch._foreach_addcdiv_(updates, exp_avgs, denominators, step_scales)
+    return updates
+
+
+def _step_sizes(spans, masters, updates):
+    """-lr * trust_ratio for every tensor, as one 1-d tensor on the device.
+
+    trust_ratio = ||p|| / ||u||, or 1.0 where either norm is zero; layer-wise adaptation only
+    where weights decay: biases and LayerNorm parameters take a plain Adam-style step, as in
+    apex with use_nvlamb=False.
+    """
+    param_norms = torch.stack(torch._foreach_norm(masters))
     update_norms = torch.stack(torch._foreach_norm(updates))
-    both_nonzero = (param_norms > 0) & (update_norms > 0)
-    ratios = torch.where(both_nonzero, param_norms / update_norms, torch.ones_like(param_norms))
-    return list(ratios.unbind(0))
+    trust_ratios = torch.where((param_norms > 0) & (update_norms > 0),
+                               param_norms / update_norms, 1.0)
+    sizes = []
+    for group, start, end in spans:
+        if group["weight_decay"] != 0:
+            sizes.append(trust_ratios[start:end] * -group["lr"])
+        else:
+            sizes.append(torch.full((end - start,), -group["lr"], dtype=trust_ratios.dtype,
+                                    device=trust_ratios.device))
+    return torch.cat(sizes)
 
 
+@functools.cache
 def _apex_fused_lamb():
+    """apex's FusedLAMB class where apex is installed with its compiled extension, else None;
+    decided once per process and logged.
+
+    A Python-only apex build imports fine and fails only when a FusedLAMB is constructed (it
+    lacks amp_C), so the extension itself is what is checked.
+    """
     try:
         from apex.optimizers import FusedLAMB
     except ImportError:
+        logger.debug("LAMB: optimization.LAMB (apex is not installed)")
         return None
+    try:
+        importlib.import_module("amp_C")
+    except ImportError as e:
+        logger.warning("LAMB: optimization.LAMB; apex is installed without its compiled "
+                       "extension amp_C (%s): rebuild apex with --cuda_ext for FusedLAMB", e)
+        return None
+    logger.info("LAMB: apex FusedLAMB on CUDA (amp_C found)")
     return FusedLAMB
 
 
@@ -246,8 +321,8 @@ def make_lamb(param_groups, lr, betas=(0.9, 0.999), eps=1e-6, weight_decay=0.01,
               prefer_apex=True):
     """The pre-training optimizer: apex FusedLAMB on CUDA when installed, else our LAMB.
 
-    Both are configured to the same math (see LAMB). Their state dicts are not interchangeable:
-    resume with the same kind of optimizer that wrote the checkpoint.
+    Both are configured to the same math (see LAMB). Their state dicts differ in where the
+    step count lives: checkpoints record `lamb_kind`, and `load_lamb_state` converts.
     """
     groups = list(param_groups)
     fused_lamb = _apex_fused_lamb() if prefer_apex else None
@@ -259,6 +334,93 @@ def make_lamb(param_groups, lr, betas=(0.9, 0.999), eps=1e-6, weight_decay=0.01,
                 max_grad_norm=max_grad_norm)
 
 
+# ----------------------------------------------------------------------------- LAMB state
+
+FUSED_LAMB = "apex.optimizers.FusedLAMB"
+OUR_LAMB = "optimization.LAMB"
+# Group entries of apex's FusedLAMB that ours does not have: settings ours fixes (or keeps on
+# the optimizer, max_grad_norm) and the step count, which ours keeps per parameter.
+_FUSED_ONLY_GROUP_KEYS = ("bias_correction", "grad_averaging", "max_grad_norm", "step")
+
+
+def lamb_kind(optimizer):
+    """The name of make_lamb's optimizer kind, as checkpoints record it."""
+    if isinstance(optimizer, LAMB):
+        return OUR_LAMB
+    fused_lamb = _apex_fused_lamb()
+    if fused_lamb is not None and isinstance(optimizer, fused_lamb):
+        return FUSED_LAMB
+    raise ValueError(f"{type(optimizer).__name__} is not one of make_lamb's optimizers "
+                     f"({OUR_LAMB}, {FUSED_LAMB})")
+
+
+def state_dict_kind(state_dict):
+    """Which LAMB wrote an optimizer state dict, from its shape (checkpoints written before
+    the kind was recorded): FusedLAMB's groups carry bias_correction."""
+    groups = state_dict["param_groups"]
+    return FUSED_LAMB if groups and all("bias_correction" in g for g in groups) else OUR_LAMB
+
+
+def load_lamb_state(optimizer, state_dict, kind=None):
+    """Loads a state dict written by either LAMB kind (`kind`, else read from its shape) into
+    `optimizer`, of either kind. apex's FusedLAMB counts steps per parameter group
+    (group['step']), ours per parameter (state['step']); the count is carried across, so
+    bias correction continues where it was instead of failing (KeyError 'step') or
+    silently starting over."""
+    source, target = kind or state_dict_kind(state_dict), lamb_kind(optimizer)
+    if source not in (FUSED_LAMB, OUR_LAMB):
+        raise ValueError(f"the checkpoint's optimizer state was written by {source!r}, which "
+                         f"cannot be resumed here (only {OUR_LAMB} or {FUSED_LAMB}): start "
+                         f"from its weights with --init_checkpoint instead")
+    if source != target:
+        if len(state_dict["param_groups"]) != len(optimizer.param_groups):
+            raise ValueError(f"the checkpoint's optimizer has {len(state_dict['param_groups'])} "
+                             f"parameter groups, this run's {len(optimizer.param_groups)}")
+        state_dict = (_fused_to_ours(state_dict) if source == FUSED_LAMB
+                      else _ours_to_fused(state_dict, optimizer.param_groups))
+        logger.info("optimizer state written by %s converted for %s", source, target)
+    optimizer.load_state_dict(state_dict)
+
+
+def _fused_to_ours(state_dict):
+    """FusedLAMB's state dict for our LAMB: the group's step count onto each parameter."""
+    groups, state = [], {}
+    for group in state_dict["param_groups"]:
+        if not group.get("bias_correction", True) or not group.get("grad_averaging", True):
+            raise ValueError("the checkpoint's FusedLAMB ran without bias correction or gradient "
+                             "averaging, which optimization.LAMB does not implement: resume it "
+                             "where apex is installed")
+        step = int(group.get("step", 0))  # an int in FusedLAMB, a tensor in FusedLAMBAMP
+        groups.append({k: v for k, v in group.items() if k not in _FUSED_ONLY_GROUP_KEYS})
+        for index in group["params"]:
+            if index in state_dict["state"]:
+                state[index] = {**state_dict["state"][index], "step": step}
+    return {"state": state, "param_groups": groups}
+
+
+def _ours_to_fused(state_dict, current_groups):
+    """Our LAMB's state dict for FusedLAMB: one step count per group, FusedLAMB's own group
+    settings from this run's optimizer, the moments only (FusedLAMB keeps no master copy)."""
+    groups, state = [], {}
+    for saved, current in zip(state_dict["param_groups"], current_groups):
+        saved_states = [state_dict["state"][i] for i in saved["params"] if i in state_dict["state"]]
+        steps = sorted({s["step"] for s in saved_states})
+        if len(steps) > 1:
+            logger.warning("parameters of one optimizer group took different numbers of steps "
+                           "(%s); FusedLAMB keeps one count per group: using %d", steps, steps[-1])
+        group = {k: v for k, v in current.items() if k not in ("params", "step")}
+        group.update(saved)
+        if steps:
+            group["step"] = steps[-1]
+        groups.append(group)
+        for index in saved["params"]:
+            if index in state_dict["state"]:
+                state[index] = {k: state_dict["state"][index][k] for k in ("exp_avg", "exp_avg_sq")}
+    return {"state": state, "param_groups": groups}
+
+
+# ----------------------------------------------------------------------------- fine-tuning
+
 def make_adamw(param_groups, lr, betas=(0.9, 0.999), eps=1e-6, weight_decay=0.01):
     """The fine-tuning optimizer: torch AdamW, fused on CUDA and foreach elsewhere.
 
@@ -269,6 +431,8 @@ def make_adamw(param_groups, lr, betas=(0.9, 0.999), eps=1e-6, weight_decay=0.01
     kernel = {"fused": True} if on_cuda else {"foreach": True}
     return torch.optim.AdamW(groups, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, **kernel)
 
+
+# ----------------------------------------------------------------------------- groups, schedules
 
 def param_groups(model, weight_decay, no_decay=NO_DECAY):
     """Split trainable parameters into [decayed, not decayed] optimizer groups.

@@ -39,8 +39,14 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 
 import utils
-from model import BertConfig, BertForPreTraining, load_checkpoint
-from optimization import make_lamb, param_groups, poly_warmup_schedule
+from model import BertConfig, BertForPreTraining, add_batch_indices, load_checkpoint
+from optimization import (
+    lamb_kind,
+    load_lamb_state,
+    make_lamb,
+    param_groups,
+    poly_warmup_schedule,
+)
 from pretraining_data import (
     LddlBatches,
     Position,
@@ -182,7 +188,7 @@ def restore(state, how, args, model, optimizer, scheduler, scaler):
     """Loads what the start decision says; returns (step, data Position)."""
     if how == "resume":
         model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
+        load_lamb_state(optimizer, state["optimizer"], state.get("optimizer_kind"))
         scheduler.load_state_dict(state["scheduler"])
         scaler.load_state_dict(state["grad_scaler"])
         return state["step"], Position(**state["data_position"])
@@ -247,9 +253,12 @@ class Trainer:
     def step(self, batches):
         accumulation = self.args.gradient_accumulation_steps
         losses = torch.zeros(3, device=self.distributed.device)
+        device = self.distributed.device
         for micro_step in range(accumulation):
-            batch = {k: v.to(self.distributed.device, non_blocking=True)
-                     for k, v in next(batches).items()}
+            # Indices computed on the host, and pinned memory: no sync in the model, no wait here.
+            batch = add_batch_indices(next(batches), pin_memory=device.type == "cuda")
+            batch = {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v
+                     for k, v in batch.items()}
             with self._sync_context(micro_step == accumulation - 1):
                 with utils.autocast(self.precision, self.distributed.device):
                     total, masked_lm, next_sentence = self.model(**batch)
@@ -271,6 +280,7 @@ def checkpoint_state(model, optimizer, scheduler, scaler, step, batches, args, d
     raw_model = model.module if distributed.enabled else model
     position = getattr(batches, "position", Position())
     return {"model": raw_model.state_dict(), "optimizer": optimizer.state_dict(),
+            "optimizer_kind": lamb_kind(optimizer),
             "scheduler": scheduler.state_dict(), "grad_scaler": scaler.state_dict(),
             "step": step, "phase2": args.phase2,
             "data_position": vars(position).copy(),
