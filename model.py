@@ -647,15 +647,22 @@ def normalize_key(key, model_has_bert_prefix):
     return key
 
 
+MAX_VOCAB_PADDING_MULTIPLE = 128  # the coarsest padding of the vocabulary seen in practice
+
+
 def fit_vocab_rows(key, tensor, expected_rows, vocab_size):
-    """Pads or trims the vocabulary dimension, only ever touching padding rows
-    (NVIDIA pads 30522 to 30528; a checkpoint with fewer real rows is an error)."""
+    """Pads or trims the vocabulary dimension, only ever touching padding rows (NVIDIA pads
+    30522 to 30528). A checkpoint with fewer rows than vocab_size, or with more than padding
+    to a multiple of MAX_VOCAB_PADDING_MULTIPLE explains, was trained with another
+    vocabulary: an error, not a silent cut."""
     rows = tensor.shape[0]
     if rows == expected_rows:
         return tensor
-    if rows < vocab_size:
+    padded_at_most = math.ceil(vocab_size / MAX_VOCAB_PADDING_MULTIPLE) * MAX_VOCAB_PADDING_MULTIPLE
+    if rows < vocab_size or rows > max(expected_rows, padded_at_most):
         raise ValueError(f"checkpoint tensor {key} has {rows} vocabulary rows but the config's "
-                         f"vocab_size is {vocab_size}: was it trained with another vocabulary?")
+                         f"vocab_size is {vocab_size}: was it trained with another vocabulary? "
+                         "(vocab_size in the config must be the checkpoint's)")
     if rows > expected_rows:
         return tensor[:expected_rows]
     padding = tensor.new_zeros((expected_rows - rows,) + tuple(tensor.shape[1:]))

@@ -109,6 +109,13 @@ def parse_args(argv=None):
     parser.add_argument("--pad_vocab_to_multiple_of", type=int, default=8,
                         help="round the embedding table up for tensor cores (1 = off)")
     parser.add_argument("--num_workers", type=int, default=4, help="LDDL loader workers")
+    parser.add_argument("--dynamic_masking", action="store_true",
+                        help="draw new masks each time an instance is served (HDF5 shards; "
+                             "needs --vocab_file), instead of the masks stored in the shards")
+    parser.add_argument("--masked_lm_prob", type=float, default=0.15,
+                        help="--dynamic_masking: share of each sequence's tokens masked")
+    parser.add_argument("--whole_word_masking", action="store_true",
+                        help="--dynamic_masking: mask whole words (all their word pieces)")
     parser.add_argument("--do_train", action="store_true", help="accepted for compatibility")
     parser.add_argument("--use_env", action="store_true", help="accepted for compatibility")
     utils.add_common_args(parser)
@@ -125,6 +132,11 @@ def check_args(args):
             raise ValueError(f"--{flag} must be at least 1, got {getattr(args, flag)}")
     if args.resume_step >= 0 and not args.resume_from_checkpoint:
         raise ValueError("--resume_step needs --resume_from_checkpoint")
+    if args.dynamic_masking and not args.vocab_file:
+        raise ValueError("--dynamic_masking needs --vocab_file (the [MASK] id and the word "
+                         "pieces of whole-word masking come from it)")
+    if not 0.0 < args.masked_lm_prob < 1.0:
+        raise ValueError(f"--masked_lm_prob must be in (0, 1), got {args.masked_lm_prob}")
     if args.allreduce_post_accumulation_fp16 and not args.fp16:
         raise ValueError("--allreduce_post_accumulation_fp16 needs --fp16: without a loss "
                          "scaler, gradients compressed to fp16 may underflow or overflow")

@@ -74,6 +74,18 @@ def test_wrong_vocabulary_is_an_error_not_a_silent_skip(tmp_path):
         load_checkpoint(BertModel(tiny_config()), path)
 
 
+def test_a_larger_vocabulary_than_padding_explains_is_an_error(tmp_path):
+    """30522 rows under a config that says 2701: trimming them would keep the ids of another
+    vocabulary; 30528 rows (NVIDIA's padding to 8) under vocab_size 30522 load."""
+    path = tmp_path / "bigger_vocab.pt"
+    torch.save(BertModel(tiny_config(vocab_size=300)).state_dict(), path)
+    with pytest.raises(ValueError, match="has 300 vocabulary rows but the config's vocab_size "
+                                         "is 99"):
+        load_checkpoint(BertModel(tiny_config()), path)
+    torch.save(BertModel(tiny_config(vocab_size=104)).state_dict(), path)  # 99 padded to 8
+    load_checkpoint(BertModel(tiny_config()), path)
+
+
 def test_shape_mismatch_is_an_error_that_names_the_tensor(tmp_path):
     path = tmp_path / "wider.pt"
     torch.save(BertModel(tiny_config(intermediate_size=40)).state_dict(), path)
