@@ -23,8 +23,9 @@ Deliberate deviations from NVIDIA's run_pretraining.py:
   --phase1_end_step in file names; a phase-2 checkpoint is resumed fully (NVIDIA's
   --resume_phase2 is implied).
 - Steps skipped by the fp16 loss scaler (overflow) do not count, as NVIDIA's "dynamic step".
-- Retention keeps the newest three checkpoints of the running phase (phase 1's stay when
-  phase 2 saves); phase 1 asked to resume where phase 2 has begun does nothing.
+- Retention keeps the newest three checkpoints of the running phase (--keep_checkpoints;
+  phase 1's stay when phase 2 saves); phase 1 asked to resume where phase 2 has begun does
+  nothing.
 - --allreduce_post_accumulation_fp16 compresses the gradients to fp16 for the all-reduce
   (a DDP hook) instead of casting the model to fp16.
 - The model pads its vocabulary to a multiple of --pad_vocab_to_multiple_of (8); exported and
@@ -100,6 +101,9 @@ def parse_args(argv=None):
                         help="accepted for compatibility: training is bounded by --max_steps")
     parser.add_argument("--num_steps_per_checkpoint", type=int, default=100)
     parser.add_argument("--skip_checkpoint", action="store_true", help="write no checkpoints")
+    parser.add_argument("--keep_checkpoints", type=int, default=3,
+                        help="newest checkpoints of this phase kept (0 = all, e.g. to evaluate "
+                             "each one later)")
     parser.add_argument("--max_skipped_steps", type=int, default=100,
                         help="stop with an error after this many consecutive steps skipped by "
                              "the fp16 loss scaler (inf/NaN gradients)")
@@ -127,6 +131,8 @@ def check_args(args):
     if args.train_batch_size % args.gradient_accumulation_steps:
         raise ValueError(f"--train_batch_size {args.train_batch_size} is not divisible by "
                          f"--gradient_accumulation_steps {args.gradient_accumulation_steps}")
+    if args.keep_checkpoints < 0:
+        raise ValueError(f"--keep_checkpoints must be 0 (all) or more, got {args.keep_checkpoints}")
     for flag in ("max_steps", "log_freq", "num_steps_per_checkpoint", "max_skipped_steps"):
         if getattr(args, flag) < 1:
             raise ValueError(f"--{flag} must be at least 1, got {getattr(args, flag)}")
@@ -305,7 +311,8 @@ def save(state, step, args, distributed):
         return
     offset = args.phase1_end_step if args.phase2 else 0
     path = utils.checkpoint_path(args.output_dir, step + offset)
-    utils.save_checkpoint(state, path, first_number=offset + 1)  # retention within this phase
+    utils.save_checkpoint(state, path, keep=args.keep_checkpoints,
+                          first_number=offset + 1)  # retention within this phase
     logger.info("saved checkpoint %s", path)
 
 

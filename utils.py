@@ -372,11 +372,12 @@ def list_checkpoints(output_dir, first_number=0):
 
 def save_checkpoint(state, path, keep=3, first_number=0):
     """Writes state atomically, then deletes all but the `keep` newest checkpoints numbered
-    first_number or later (an earlier phase's checkpoints stay)."""
+    first_number or later (an earlier phase's checkpoints stay); keep=0 keeps all."""
     with atomic_path(path) as temporary:
         torch.save(state, temporary)
-    for old in list_checkpoints(Path(path).parent, first_number)[keep:]:
-        old.unlink(missing_ok=True)
+    if keep > 0:
+        for old in list_checkpoints(Path(path).parent, first_number)[keep:]:
+            old.unlink(missing_ok=True)
 
 
 def load_latest_checkpoint(output_dir):

