@@ -90,7 +90,7 @@ def main(args):
     if not (args.do_train or args.do_eval or args.do_predict):
         raise ValueError("nothing to do: pass at least one of --do_train, --do_eval, --do_predict")
     utils.check_precision_args(args)
-    distributed = utils.init_distributed(args.no_cuda)
+    distributed = utils.init_distributed(args.no_cuda, utils.precision_of(args))
     utils.setup_logging(distributed.is_main)
     utils.seed_everything(args.seed, distributed.rank)
     finetuning.resolve_model_files(args)
@@ -117,6 +117,7 @@ def main(args):
         finetuning.write_json(f"{args.output_dir}/eval_results.json", results)
         metrics.log((), results)
     metrics.close()
+    utils.end_distributed(distributed)
     return results
 
 

@@ -179,7 +179,7 @@ def main(args):
     if args.do_eval and not args.do_predict:
         return score_predictions_file(args)
     utils.check_precision_args(args)
-    distributed = utils.init_distributed(args.no_cuda)
+    distributed = utils.init_distributed(args.no_cuda, utils.precision_of(args))
     utils.setup_logging(distributed.is_main)
     utils.seed_everything(args.seed, distributed.rank)
     finetuning.resolve_model_files(args)
@@ -204,6 +204,7 @@ def main(args):
             results.update(score(args, predictions, null_odds))
     metrics.log((), results)
     metrics.close()
+    utils.end_distributed(distributed)
     return results
 
 
