@@ -7,7 +7,8 @@ Deliberate deviations from NVIDIA's utils/run scripts:
 - Ranks come from torchrun (RANK, LOCAL_RANK, WORLD_SIZE) or directly from Slurm
   (SLURM_PROCID, SLURM_LOCALID, SLURM_NTASKS) when srun starts the processes itself; a rank
   drives GPU local_rank modulo the GPUs it sees (one GPU per Slurm task works), and the
-  process group is left at the end (end_distributed) after a barrier.
+  process group is left at the end (end_distributed) after a barrier. A launcher's single
+  rank joins a group of one and trains under DDP (as NVIDIA's under torch.distributed.launch).
 - Precision is one of fp16, bf16, tf32 (--tf32: TF32 matrix products, what NVIDIA's scripts
   get on Ampere and later for both "tf32" and "fp32") and fp32, which here is true IEEE fp32.
 - --local-rank (torch.distributed.launch's spelling) is accepted beside --local_rank.
@@ -203,6 +204,7 @@ class Distributed:
     local_rank: int
     world_size: int
     device: torch.device
+    in_group: bool = False  # a launcher started this process: collectives, DDP, sampler
 
     @property
     def is_main(self):
@@ -210,17 +212,23 @@ class Distributed:
 
     @property
     def enabled(self):
-        return self.world_size > 1
+        return self.in_group
 
 
-def _environment_ranks():
-    """(rank, local_rank, world_size) from torchrun's variables, else from Slurm's."""
+def _launcher_ranks():
+    """(rank, local_rank, world_size) from torchrun's variables, else from Slurm's; None for a
+    process that no launcher started."""
     env = os.environ
     if "RANK" in env and "WORLD_SIZE" in env:
         return int(env["RANK"]), int(env.get("LOCAL_RANK", 0)), int(env["WORLD_SIZE"])
     if "SLURM_PROCID" in env and "SLURM_NTASKS" in env and "MASTER_ADDR" in env:
         return int(env["SLURM_PROCID"]), int(env.get("SLURM_LOCALID", 0)), int(env["SLURM_NTASKS"])
-    return 0, 0, 1
+    return None
+
+
+def _environment_ranks():
+    """(rank, local_rank, world_size); (0, 0, 1) without a launcher."""
+    return _launcher_ranks() or (0, 0, 1)
 
 
 def cuda_device_index(local_rank, visible_devices):
@@ -235,10 +243,12 @@ def cuda_device_index(local_rank, visible_devices):
 
 
 def init_distributed(no_cuda=False, precision="fp32", timeout_minutes=30):
-    """Joins the process group when launched with several processes (NCCL on GPUs, gloo on
-    CPU), picks this rank's device and sets fp32 matrix products to TF32 for 'tf32' only
-    (set_matmul_precision). A rank that dies makes the others fail after `timeout_minutes`
-    instead of hanging forever."""
+    """Joins the process group when a launcher (torchrun, srun) started the process, also as
+    its only rank, as NVIDIA's scripts do (NCCL on GPUs, gloo on CPU; a plain `python` runs
+    alone, without DDP), picks this rank's device and sets fp32 matrix products to TF32 for
+    'tf32' only (set_matmul_precision). A rank that dies makes the others fail after
+    `timeout_minutes` instead of hanging forever."""
+    launched = _launcher_ranks() is not None
     rank, local_rank, world_size = _environment_ranks()
     use_cuda = torch.cuda.is_available() and not no_cuda
     device = torch.device("cpu")
@@ -251,12 +261,12 @@ def init_distributed(no_cuda=False, precision="fp32", timeout_minutes=30):
                            "task per GPU", local_rank, visible, device.index)
         torch.cuda.set_device(device)
     set_matmul_precision(precision)
-    if world_size > 1 and not dist.is_initialized():
+    if launched and not dist.is_initialized():
         os.environ.setdefault("MASTER_PORT", "29500")
         dist.init_process_group("nccl" if use_cuda else "gloo", init_method="env://",
                                 rank=rank, world_size=world_size,
                                 timeout=datetime.timedelta(minutes=timeout_minutes))
-    return Distributed(rank, local_rank, world_size, device)
+    return Distributed(rank, local_rank, world_size, device, in_group=dist.is_initialized())
 
 
 def end_distributed(distributed):

@@ -168,6 +168,63 @@ def test_every_rank_waits_for_rank_0_then_leaves_the_process_group(tmp_path):
     assert time_of(outputs[1], "left") >= time_of(outputs[0], "ready"), outputs
 
 
+@pytest.fixture
+def single_rank_launch(monkeypatch):
+    """The environment torchrun --nproc_per_node=1 gives its one rank."""
+    for name, value in dict(RANK=0, LOCAL_RANK=0, WORLD_SIZE=1, MASTER_ADDR="127.0.0.1",
+                            MASTER_PORT=29000 + (os.getpid() + 500) % 1000).items():
+        monkeypatch.setenv(name, str(value))
+    yield
+    if torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
+
+
+def test_a_launchers_single_rank_joins_a_group_of_one(single_rank_launch):
+    distributed = utils.init_distributed(no_cuda=True)
+    assert distributed.enabled and torch.distributed.get_world_size() == 1
+    utils.end_distributed(distributed)
+    assert not torch.distributed.is_initialized()
+
+
+def test_a_plain_process_runs_alone(monkeypatch):
+    for name in OUTER_RANKS:
+        monkeypatch.delenv(name, raising=False)
+    distributed = utils.init_distributed(no_cuda=True)
+    assert not distributed.enabled and not torch.distributed.is_initialized()
+
+
+@pytest.fixture(scope="module")
+def phase1_inputs(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("ddp_data")
+    _, config = write_pretraining_inputs(folder, {"phase1": (32, 5)})
+    return folder / "phase1", config
+
+
+def pretraining_args(inputs, output_dir, *extra):
+    return run_pretraining.parse_args([
+        "--input_dir", str(inputs[0]), "--config_file", str(inputs[1]), "--output_dir",
+        str(output_dir), "--max_seq_length", "32", "--max_predictions_per_seq", "5",
+        "--train_batch_size", "8", "--gradient_accumulation_steps", "2", "--max_steps", "3",
+        "--learning_rate", "2e-3", "--seed", "3", "--allreduce_post_accumulation",
+        "--disable_progress_bar", *extra])
+
+
+def test_a_single_rank_under_ddp_trains_as_a_plain_process(phase1_inputs, tmp_path,
+                                                           monkeypatch):
+    alone = run_pretraining.main(pretraining_args(phase1_inputs, tmp_path / "alone"))
+    for name, value in dict(RANK=0, LOCAL_RANK=0, WORLD_SIZE=1, MASTER_ADDR="127.0.0.1",
+                            MASTER_PORT=29000 + (os.getpid() + 700) % 1000).items():
+        monkeypatch.setenv(name, str(value))
+    grouped = run_pretraining.main(pretraining_args(phase1_inputs, tmp_path / "ddp"))
+    assert not torch.distributed.is_initialized()  # left at the end of main
+    assert grouped == alone and alone["step"] == 3 and not alone["preempted"]
+    weights = [torch.load(tmp_path / name / "ckpt_3.pt", weights_only=True)["model"]
+               for name in ("alone", "ddp")]
+    assert weights[0].keys() == weights[1].keys()  # saved without DDP's "module." prefix
+    for key, tensor in weights[0].items():
+        torch.testing.assert_close(weights[1][key], tensor, rtol=1e-6, atol=1e-7)
+
+
 # ----------------------------------------------------------------------------- run.sub
 
 FAKES = {
