@@ -344,8 +344,8 @@ def pretraining(precision, phase):
             f"--{precision}", *(["--phase2"] if phase == 2 else []),
             *(["--no_cuda"] if settings.no_cuda else [])])
         result = run_pretraining.main(args)
-        timed = [data["sequences_per_second"] for _, data in
-                 logged_steps(output_dir / "dllogger.json")[settings.warmup_steps:]]
+        logged = logged_steps(output_dir / "dllogger.json")
+        timed = [data["sequences_per_second"] for _, data in logged[settings.warmup_steps:]]
         rate = statistics.median(timed)
         config = BertConfig.from_json_file(args.config_file)
         config.pad_vocab_to_multiple_of = args.pad_vocab_to_multiple_of
@@ -359,6 +359,8 @@ def pretraining(precision, phase):
                 "model_gflops_per_sequence": round(flops / 1e9, 3),
                 "model_tflops_per_second": round(rate * flops / 1e12, 2),
                 "mfu": round(rate * flops / (check.peak * 1e12), 4) if check.peak else None,
+                "skipped_steps": logged[-1][1]["skipped_steps"],  # fp16 overflows: time counted
+                "real_token_fraction": shards.get("real_token_fraction"),
                 "final_loss": result["final_loss"], "peak_memory_gib": peak_memory_gib()}
     return section
 
@@ -470,12 +472,10 @@ def ddp_resume(check):
         command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
                    "--nproc_per_node=1", "run_pretraining.py", *common, "--output_dir",
                    str(output_dir), *extra]
-        completed = subprocess.run(command, cwd=REPO, capture_output=True, text=True,
-                                   timeout=max(check.left(), 1), check=False)
-        outputs[name] = completed.stdout + completed.stderr
-        figures[f"{name}_exit_status"] = completed.returncode
-        if completed.returncode:
-            raise RuntimeError(f"{name} exited with status {completed.returncode}: "
+        status, outputs[name] = run_process_group(command, timeout=max(check.left(), 1))
+        figures[f"{name}_exit_status"] = status
+        if status:
+            raise RuntimeError(f"{name} exited with status {status}: "
                                + "\n".join(outputs[name].splitlines()[-15:]))
     split = [data["loss"] for _, data in logged_steps(check.work / "ddp_split" / "dllogger.json")]
     whole = [data["loss"] for _, data in logged_steps(check.work / "ddp_whole" / "dllogger.json")]
@@ -488,6 +488,22 @@ def ddp_resume(check):
             if len(split) == len(whole) == 8 else None,
             "destroy_process_group_warning": any("destroy_process_group" in text
                                                  for text in outputs.values())}
+
+
+def run_process_group(command, timeout):
+    """(exit status, output) of a command run in a session of its own, all of whose processes
+    (torchrun's ranks too) are killed when it outlives `timeout` or this section is
+    interrupted."""
+    process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    try:
+        output = process.communicate(timeout=timeout)[0]
+    except BaseException:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+        process.communicate()
+        raise
+    return process.returncode, output
 
 
 SECTIONS = [  # (name, section, reserve in seconds: less left than this skips it)

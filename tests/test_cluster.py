@@ -262,7 +262,7 @@ def batch_node(tmp_path):
         for name in ("srun.args", "requeued"):
             (log / name).unlink(missing_ok=True)
         result = subprocess.run(["bash", str(REPO / "run.sub")], cwd=REPO, env=env, text=True,
-                                capture_output=True, timeout=60)
+                                capture_output=True, timeout=60, check=False)
         srun = log / "srun.args"
         requeued = log / "requeued"
         return (result, srun.read_text().splitlines() if srun.exists() else None,
@@ -373,7 +373,7 @@ def test_a_finished_phase_is_not_requeued(batch_node, tmp_path):
 def wrapper(script, *arguments, timeout=300, **variables):
     return subprocess.run(["bash", f"scripts/{script}", *map(str, arguments)], cwd=REPO,
                           env=clean_env(CUDA_VISIBLE_DEVICES="", **variables), text=True,
-                          capture_output=True, timeout=timeout)
+                          capture_output=True, timeout=timeout, check=False)
 
 
 def test_pretraining_wrapper_defaults_on_a_cpu_name_what_to_set(tmp_path):
