@@ -253,11 +253,16 @@ def environment(check):
                     gpu_memory_gib=round(properties.total_memory / 2**30, 1),
                     capability=".".join(map(str, torch.cuda.get_device_capability(0))),
                     bf16_supported=torch.cuda.is_bf16_supported(),
-                    nccl=".".join(map(str, torch.cuda.nccl.version())),
+                    nccl=nccl_version(),
                     driver=nvidia_smi("driver_version"))
         check.peak = check.peak or peak_tflops(properties.name)
     info["peak_bf16_tflops"] = check.peak
     return info
+
+
+def nccl_version():
+    version = torch.cuda.nccl.version()  # (2, 27, 3); an int in older torch
+    return ".".join(map(str, version)) if isinstance(version, tuple) else str(version)
 
 
 def nvidia_smi(field):
