@@ -10,9 +10,9 @@ exactly as run_squad.py does, and the answer decoding is run_squad's (squad.py).
 
 Deliberate deviations from NVIDIA's inference.py: windows with --doc_stride instead of a
 single truncated window, run through the model 64 at a time; the SQuAD code is shared with
-run_squad.py, not pasted; --bf16. A binary or non-UTF-8 --context_file is an error naming
-it; a text of which more than 5% of the tokens are [UNK] is warned about (wrong
---vocab_file or --do_lower_case).
+run_squad.py, not pasted; --bf16, and --tf32 as in the training scripts (without a precision
+flag: true fp32). A binary or non-UTF-8 --context_file is an error naming it; a text of which
+more than 5% of the tokens are [UNK] is warned about (wrong --vocab_file or --do_lower_case).
 """
 
 import argparse
@@ -57,8 +57,7 @@ def parse_args(argv=None):
     parser.add_argument("--config_file", default=None, help="BERT config JSON")
     parser.add_argument("--vocab_file", default=None, help="WordPiece vocabulary")
     add_question_args(parser)
-    parser.add_argument("--fp16", action="store_true", help="run in float16 (GPU)")
-    parser.add_argument("--bf16", action="store_true", help="run in bfloat16")
+    utils.add_precision_args(parser)
     parser.add_argument("--no_cuda", action="store_true", help="use the CPU even with a GPU")
     return parser.parse_args(argv)
 
@@ -138,6 +137,8 @@ def main(args):
     utils.setup_logging()
     context = read_context(args)
     finetuning.resolve_model_files(args)
+    utils.check_precision_args(args)
+    utils.set_matmul_precision(utils.precision_of(args))
     device = torch.device("cuda" if torch.cuda.is_available() and not args.no_cuda else "cpu")
     tokenizer = FullTokenizer(args.vocab_file, finetuning.do_lower_case(args))
     model = finetuning.load_model(BertForQuestionAnswering, args, device,

@@ -102,7 +102,7 @@ def main(args):
     utils.check_writable_dir(args.output_dir, "--output_dir")
     processor = glue.get_processor(args.task_name)
     examples = read_examples(processor, args)
-    distributed = utils.init_distributed(args.no_cuda)
+    distributed = utils.init_distributed(args.no_cuda, utils.precision_of(args))
     utils.setup_logging(distributed.is_main)
     utils.seed_everything(args.seed, distributed.rank)
     finetuning.resolve_model_files(args)
@@ -129,6 +129,7 @@ def main(args):
         finetuning.write_json(f"{args.output_dir}/eval_results.json", results)
         metrics.log((), results)
     metrics.close()
+    utils.end_distributed(distributed)
     return results
 
 

@@ -10,7 +10,9 @@
 One process per GPU (torchrun, or srun under Slurm); CPU runs use gloo. Checkpoints
 ckpt_<step>.pt in --output_dir hold the model, optimizer, schedule, loss scaler, RNG states
 and the data position; --resume_from_checkpoint continues exactly where the newest one
-stopped. SIGTERM/SIGUSR1 (Slurm pre-emption) make every rank save one and exit cleanly.
+stopped. SIGTERM/SIGUSR1 (Slurm pre-emption) make every rank save one and exit with status
+75 (PREEMPTED_EXIT_STATUS, sysexits' EX_TEMPFAIL: unfinished, run again to continue); a run
+that reaches its last step (--max_steps, or --steps_this_run) exits 0.
 
 Deliberate deviations from NVIDIA's run_pretraining.py:
 - --train_batch_size is the per-GPU batch of one optimizer step (as NVIDIA's), split into
@@ -30,10 +32,13 @@ Deliberate deviations from NVIDIA's run_pretraining.py:
   (a DDP hook) instead of casting the model to fp16.
 - The model pads its vocabulary to a multiple of --pad_vocab_to_multiple_of (8); exported and
   fine-tuned models drop the padding rows again.
+- A run stopped by a signal exits with status 75 after its checkpoint, not 0, so that a
+  wrapper does not take an unfinished phase 1 for a finished one.
 """
 
 import argparse
 import contextlib
+import sys
 import time
 
 import torch
@@ -55,6 +60,8 @@ from pretraining_data import (
     find_input_files,
 )
 from utils import logger
+
+PREEMPTED_EXIT_STATUS = 75  # os.EX_TEMPFAIL: saved after a signal, not finished
 
 
 def parse_args(argv=None):
@@ -316,13 +323,19 @@ def save(state, step, args, distributed):
     logger.info("saved checkpoint %s", path)
 
 
+def last_step_of_run(args, start_step):
+    """The step this run stops at: max_steps, or sooner with --steps_this_run."""
+    max_steps = int(args.max_steps)
+    return max_steps if args.steps_this_run < 0 else min(max_steps,
+                                                         start_step + args.steps_this_run)
+
+
 def train(args, trainer, batches, start_step, metrics, distributed):
     """The loop: steps until max_steps, steps_this_run or pre-emption; checkpoints. Steps
     the fp16 loss scaler skips (inf/NaN gradients) do not count; --max_skipped_steps of them
     in a row stop the run with an error. Returns (step, final loss, seconds)."""
     max_steps = int(args.max_steps)
-    last_step = max_steps if args.steps_this_run < 0 else min(max_steps,
-                                                                start_step + args.steps_this_run)
+    last_step = last_step_of_run(args, start_step)
     preemption = utils.PreemptionFlag()
     phase = int(args.phase2) + 1
     step, skipped, skipped_in_a_row, final_losses = start_step, 0, 0, None
@@ -393,7 +406,7 @@ def check_skipped_steps(in_a_row, limit, scaler, step):
 
 def main(args):
     check_args(args)
-    distributed = utils.init_distributed(args.no_cuda)
+    distributed = utils.init_distributed(args.no_cuda, utils.precision_of(args))
     utils.setup_logging(distributed.is_main)
     utils.seed_everything(args.seed, distributed.rank)
     if distributed.is_main:
@@ -407,7 +420,8 @@ def main(args):
     state, how = find_start(args)
     if how == "finished":
         metrics.close()
-        return {"step": int(args.max_steps), "final_loss": float("nan")}
+        utils.end_distributed(distributed)
+        return {"step": int(args.max_steps), "final_loss": float("nan"), "preempted": False}
     model = build_model(args, distributed.device)
     optimizer = make_lamb(param_groups(model, weight_decay=0.01), lr=args.learning_rate)
     scheduler = poly_warmup_schedule(optimizer, args.warmup_proportion, int(args.max_steps))
@@ -433,8 +447,11 @@ def main(args):
     metrics.close()
     if hasattr(batches, "close"):
         batches.close()
-    return {"step": step, "final_loss": final_loss}
+    utils.end_distributed(distributed)  # after rank 0's last checkpoint is written
+    return {"step": step, "final_loss": final_loss,
+            "preempted": step < last_step_of_run(args, start_step)}
 
 
 if __name__ == "__main__":
-    utils.run_entry_point(main, parse_args)
+    result = utils.run_entry_point(main, parse_args)
+    sys.exit(PREEMPTED_EXIT_STATUS if result["preempted"] else 0)

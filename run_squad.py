@@ -264,7 +264,7 @@ def main(args):
         return score_predictions_file(args)
     utils.check_precision_args(args)
     utils.check_writable_dir(args.output_dir, "--output_dir")
-    distributed = utils.init_distributed(args.no_cuda)
+    distributed = utils.init_distributed(args.no_cuda, utils.precision_of(args))
     utils.setup_logging(distributed.is_main)
     utils.seed_everything(args.seed, distributed.rank)
     finetuning.resolve_model_files(args)
@@ -292,6 +292,7 @@ def main(args):
             results.update(score(args, predictions, null_odds))
     metrics.log((), results)
     metrics.close()
+    utils.end_distributed(distributed)
     return results
 
 

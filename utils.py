@@ -5,7 +5,13 @@ Deliberate deviations from NVIDIA's utils/run scripts:
 - One logger writes dllogger's `DLLL {json}` lines itself when dllogger is not installed
   (it is not on PyPI); with dllogger installed it is used instead.
 - Ranks come from torchrun (RANK, LOCAL_RANK, WORLD_SIZE) or directly from Slurm
-  (SLURM_PROCID, SLURM_LOCALID, SLURM_NTASKS) when srun starts the processes itself.
+  (SLURM_PROCID, SLURM_LOCALID, SLURM_NTASKS) when srun starts the processes itself; a rank
+  drives GPU local_rank modulo the GPUs it sees (one GPU per Slurm task works), and the
+  process group is left at the end (end_distributed) after a barrier. A launcher's single
+  rank joins a group of one and trains under DDP (as NVIDIA's under torch.distributed.launch).
+- Precision is one of fp16, bf16, tf32 (--tf32: TF32 matrix products, what NVIDIA's scripts
+  get on Ampere and later for both "tf32" and "fp32") and fp32, which here is true IEEE fp32.
+- --local-rank (torch.distributed.launch's spelling) is accepted beside --local_rank.
 - Checkpoints are written atomically (temporary file, then rename) and hold tensors and
   plain values only, so they load with torch.load(weights_only=True).
 """
@@ -106,12 +112,23 @@ def whole_number(text):
     return int(value)
 
 
+def add_precision_args(parser):
+    """--fp16/--amp, --bf16 and --tf32: the precision of every script, one at most; without
+    any of them the model runs in true fp32 (IEEE float32 matrix products, no TF32)."""
+    parser.add_argument("--fp16", "--amp", dest="fp16", action="store_true",
+                        help="mixed precision with fp16 (training: dynamic loss scaling)")
+    parser.add_argument("--bf16", action="store_true", help="mixed precision with bfloat16")
+    parser.add_argument("--tf32", action="store_true",
+                        help="fp32 with TF32 tensor-core matrix products and convolutions "
+                             "(NVIDIA's default on Ampere and later GPUs); without --fp16, "
+                             "--bf16 or --tf32 the model runs in true fp32")
+    return parser
+
+
 def add_common_args(parser):
     """Flags that every training script has, with one meaning everywhere."""
     parser.add_argument("--seed", type=int, default=42, help="random seed (rank r uses seed + r)")
-    parser.add_argument("--fp16", "--amp", dest="fp16", action="store_true",
-                        help="mixed precision with fp16 and dynamic loss scaling")
-    parser.add_argument("--bf16", action="store_true", help="mixed precision with bfloat16")
+    add_precision_args(parser)
     parser.add_argument("--loss_scale", type=float, default=0.0,
                         help="fp16 loss scale: 0 = dynamic from --init_loss_scale; S > 0 "
                              "starts at S and never grows")
@@ -119,7 +136,9 @@ def add_common_args(parser):
                         help="fp16: the first dynamic loss scale")
     parser.add_argument("--gradient_accumulation_steps", type=int, default=1,
                         help="micro-batches per optimizer step")
-    parser.add_argument("--local_rank", type=int, default=int(os.environ.get("LOCAL_RANK", "-1")),
+    # torch.distributed.launch passes --local-rank=N (torch 2), older launchers --local_rank.
+    parser.add_argument("--local_rank", "--local-rank", dest="local_rank", type=int,
+                        default=int(os.environ.get("LOCAL_RANK", "-1")),
                         help="set by the launcher; torchrun's LOCAL_RANK is read as well")
     parser.add_argument("--json-summary", dest="json_summary", default=None,
                         help="dllogger-format metrics file (default: <output_dir>/dllogger.json)")
@@ -132,9 +151,12 @@ def add_common_args(parser):
 
 
 def check_precision_args(args):
-    if args.fp16 and args.bf16:
-        raise ValueError("choose one of --fp16/--amp and --bf16, not both")
-    if args.gradient_accumulation_steps < 1:
+    chosen = [flag for flag, name in (("--fp16/--amp", "fp16"), ("--bf16", "bf16"),
+                                      ("--tf32", "tf32")) if getattr(args, name, False)]
+    if len(chosen) > 1:
+        raise ValueError(f"choose one of --fp16/--amp, --bf16 and --tf32, not "
+                         f"{' and '.join(chosen)}")
+    if getattr(args, "gradient_accumulation_steps", 1) < 1:
         raise ValueError("--gradient_accumulation_steps must be at least 1")
 
 
@@ -190,6 +212,7 @@ class Distributed:
     local_rank: int
     world_size: int
     device: torch.device
+    in_group: bool = False  # a launcher started this process: collectives, DDP, sampler
 
     @property
     def is_main(self):
@@ -197,36 +220,74 @@ class Distributed:
 
     @property
     def enabled(self):
-        return self.world_size > 1
+        return self.in_group
 
 
-def _environment_ranks():
-    """(rank, local_rank, world_size) from torchrun's variables, else from Slurm's."""
+def _launcher_ranks():
+    """(rank, local_rank, world_size) from torchrun's variables, else from Slurm's; None for a
+    process that no launcher started."""
     env = os.environ
     if "RANK" in env and "WORLD_SIZE" in env:
         return int(env["RANK"]), int(env.get("LOCAL_RANK", 0)), int(env["WORLD_SIZE"])
     if "SLURM_PROCID" in env and "SLURM_NTASKS" in env and "MASTER_ADDR" in env:
         return int(env["SLURM_PROCID"]), int(env.get("SLURM_LOCALID", 0)), int(env["SLURM_NTASKS"])
-    return 0, 0, 1
+    return None
 
 
-def init_distributed(no_cuda=False, timeout_minutes=30):
-    """Joins the process group when launched with several processes (NCCL on GPUs, gloo on
-    CPU) and picks this rank's device. A rank that dies makes the others fail after
+def _environment_ranks():
+    """(rank, local_rank, world_size); (0, 0, 1) without a launcher."""
+    return _launcher_ranks() or (0, 0, 1)
+
+
+def cuda_device_index(local_rank, visible_devices):
+    """The GPU a rank drives: its local rank modulo the GPUs it sees. Sites that bind one GPU
+    to each Slurm task show every task a single device 0, whatever its SLURM_LOCALID; a node
+    whose ranks all see every GPU gives rank r GPU r."""
+    if visible_devices < 1:
+        raise ValueError(f"local rank {local_rank} sees no GPU (CUDA_VISIBLE_DEVICES="
+                         f"{os.environ.get('CUDA_VISIBLE_DEVICES', 'unset')}): start one task "
+                         "per GPU, or pass --no_cuda to run on the CPU")
+    return local_rank % visible_devices
+
+
+def init_distributed(no_cuda=False, precision="fp32", timeout_minutes=30):
+    """Joins the process group when a launcher (torchrun, srun) started the process, also as
+    its only rank, as NVIDIA's scripts do (NCCL on GPUs, gloo on CPU; a plain `python` runs
+    alone, without DDP), picks this rank's device and sets fp32 matrix products to TF32 for
+    'tf32' only (set_matmul_precision). A rank that dies makes the others fail after
     `timeout_minutes` instead of hanging forever."""
+    launched = _launcher_ranks() is not None
     rank, local_rank, world_size = _environment_ranks()
     use_cuda = torch.cuda.is_available() and not no_cuda
-    device = torch.device("cuda", local_rank) if use_cuda else torch.device("cpu")
+    device = torch.device("cpu")
     if use_cuda:
+        visible = torch.cuda.device_count()
+        device = torch.device("cuda", cuda_device_index(local_rank, visible))
+        if local_rank >= visible > 1:
+            logger.warning("local rank %d sees %d GPUs and takes GPU %d: if the ranks of this "
+                           "node share these GPUs, two of them now train on one; start one "
+                           "task per GPU", local_rank, visible, device.index)
         torch.cuda.set_device(device)
-        torch.backends.cuda.matmul.allow_tf32 = True  # NVIDIA's default on Ampere and later
-        torch.backends.cudnn.allow_tf32 = True
-    if world_size > 1 and not dist.is_initialized():
+    set_matmul_precision(precision)
+    if launched and not dist.is_initialized():
         os.environ.setdefault("MASTER_PORT", "29500")
         dist.init_process_group("nccl" if use_cuda else "gloo", init_method="env://",
                                 rank=rank, world_size=world_size,
                                 timeout=datetime.timedelta(minutes=timeout_minutes))
-    return Distributed(rank, local_rank, world_size, device)
+    return Distributed(rank, local_rank, world_size, device, in_group=dist.is_initialized())
+
+
+def end_distributed(distributed):
+    """Waits for every rank (rank 0 may still be writing a checkpoint that the others must
+    not exit before: srun --kill-on-bad-exit ends the step at the first non-zero exit), then
+    leaves the process group, which NCCL otherwise warns about at exit."""
+    if not (distributed.enabled and dist.is_initialized()):
+        return
+    if distributed.device.type == "cuda":
+        dist.barrier(device_ids=[distributed.device.index])
+    else:
+        dist.barrier()
+    dist.destroy_process_group()
 
 
 def all_reduce_mean(values, distributed):
@@ -244,16 +305,37 @@ def seed_everything(seed, rank=0):
 
 # ----------------------------------------------------------------------------- precision
 
+PRECISIONS = ("fp16", "bf16", "tf32", "fp32")
+
+
 def autocast(precision, device):
-    """torch.autocast for 'fp16'/'bf16', a no-op context for 'fp32'."""
-    if precision == "fp32":
+    """torch.autocast for 'fp16'/'bf16', a no-op context for 'tf32' and 'fp32' (their
+    difference is set once per process by set_matmul_precision)."""
+    if precision in ("fp32", "tf32"):
         return contextlib.nullcontext()
     dtype = torch.float16 if precision == "fp16" else torch.bfloat16
     return torch.autocast(device.type, dtype=dtype)
 
 
 def precision_of(args):
-    return "fp16" if args.fp16 else "bf16" if args.bf16 else "fp32"
+    """One of PRECISIONS from --fp16/--amp, --bf16, --tf32 (fp32 without any)."""
+    if getattr(args, "fp16", False):
+        return "fp16"
+    if getattr(args, "bf16", False):
+        return "bf16"
+    return "tf32" if getattr(args, "tf32", False) else "fp32"
+
+
+def set_matmul_precision(precision):
+    """TF32 tensor cores for float32 matrix products and convolutions with 'tf32' only:
+    'fp32' means IEEE float32 on every GPU, and mixed precision leaves little in float32.
+    (torch's legacy allow_tf32 flags: torch >= 2.9 keeps them in step with fp32_precision,
+    while mixing the two interfaces makes torch refuse to read the setting.)"""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, not {precision!r}")
+    tf32 = precision == "tf32"
+    torch.backends.cuda.matmul.allow_tf32 = tf32
+    torch.backends.cudnn.allow_tf32 = tf32
 
 
 def make_grad_scaler(precision, device, loss_scale=0.0, init_loss_scale=2.0**20):

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Fine-tunes and/or evaluates BERT on a GLUE task (run_glue.py).
+# Fine-tunes and/or evaluates BERT on a GLUE task (run_glue.py). Before launching it checks
+# its files and folders and num_gpus against this machine's GPUs, naming what to set.
 #
 # Positional arguments, in order (default):
 #  1 init_checkpoint ($BERT_PREP_WORKING_DIR/checkpoints/bert_uncased.pt)
@@ -14,7 +15,7 @@
 # 10 learning_rate (2.4e-5)
 # 11 warmup_proportion (0.1)
 # 12 epochs (3)
-# 13 precision (fp16)               fp16 | bf16 | tf32 | fp32
+# 13 precision (fp16)               fp16 | bf16 | tf32 (TF32 matrix products) | fp32 (true fp32)
 # 14 seed (2)
 # 15 mode (train eval)              any of: train, eval, prediction
 # 16 max_steps (-1)                 > 0 stops early (benchmarks)
@@ -51,7 +52,8 @@ args=(--task_name "$task_name" --data_dir "$data_dir" --init_checkpoint "$init_c
 case "$precision" in
   fp16) args+=(--fp16) ;;
   bf16) args+=(--bf16) ;;
-  tf32|fp32) ;;
+  tf32) args+=(--tf32) ;;
+  fp32) ;;
   *) echo "precision must be fp16, bf16, tf32 or fp32, not '$precision'" >&2; exit 2 ;;
 esac
 [[ "$mode" == *train* ]] && args+=(--do_train)
@@ -59,6 +61,20 @@ esac
 [[ "$mode" == *prediction* ]] && args+=(--do_predict)
 read -r -a extra <<< "${EXTRA_ARGS:-}"
 args+=("${extra[@]}")
+
+problems=()
+problem() { problems+=("$*"); }
+[ -e "$init_checkpoint" ] || problem "init_checkpoint (argument 1) $init_checkpoint does not exist:" \
+  "pass a pre-trained or fine-tuned checkpoint (ours, NVIDIA's, or a Hugging Face folder)"
+[ -d "$data_dir" ] || problem "data_dir (argument 2) $data_dir is not a folder: pass the task's" \
+  "GLUE folder (train.tsv, dev.tsv, ...; data/bertPrep.py --action download --dataset mrpc)"
+[ -f "$vocab_file" ] || problem "vocab_file (argument 3) $vocab_file is not a file"
+[ -f "$config_file" ] || problem "config_file (argument 4) $config_file is not a file"
+gpus=$(python -c "import torch; print(torch.cuda.device_count())")
+[ "$num_gpus" -le "$(( gpus > 0 ? gpus : 1 ))" ] || problem "num_gpus (argument 7) is $num_gpus," \
+  "but this machine has $gpus GPUs: pass $(( gpus > 0 ? gpus : 1 )) (one process per GPU; 1 on a machine without one)"
+for text in "${problems[@]}"; do echo "run_glue.sh: error: $text" >&2; done
+[ "${#problems[@]}" = 0 ] || exit 2
 
 launch=(python)
 # Evaluation alone runs on one process, as the original does.

@@ -1,11 +1,17 @@
 #!/usr/bin/env bash
 # Two-phase BERT pre-training on one node: phase 1 (seq 128), then phase 2 (seq 512) from
 # phase 1's last checkpoint in the same folder. Defaults are NVIDIA's for 8 GPUs.
+# Before launching it checks the data folders, the config, and num_gpus against this
+# machine's GPUs (1 on a machine without one), naming what to set. Phase 2 starts only once
+# phase 1's final checkpoint (ckpt_<train_steps>.pt) exists; otherwise the script stops with
+# phase 1's status (75: stopped by a signal after a checkpoint; resume_training=true
+# continues it).
 #
 # Positional arguments, in order (default):
 #  1 train_batch_size (8192)            per GPU per optimizer step, phase 1
 #  2 learning_rate (6e-3)               phase 1
-#  3 precision (fp16)                   fp16 | bf16 | tf32 | fp32
+#  3 precision (fp16)                   fp16 | bf16 | tf32 (fp32 with TF32 matrix products,
+#                                       NVIDIA's default on Ampere and later) | fp32 (true fp32)
 #  4 num_gpus (8)                       processes on this node (1 on a CPU machine)
 #  5 warmup_proportion (0.2843)
 #  6 train_steps (7038)                 phase 1 optimizer steps
@@ -59,15 +65,39 @@ DATA_DIR_PHASE2=${DATA_DIR_PHASE2:-data/hdf5/phase2}
 BERT_CONFIG=${BERT_CONFIG:-bert_configs/large.json}
 RESULTS_DIR=${RESULTS_DIR:-results}
 CHECKPOINTS_DIR=${CHECKPOINTS_DIR:-$RESULTS_DIR/checkpoints}
-mkdir -p "$CHECKPOINTS_DIR"
 
 precision_flags=()
 case "$precision" in
   fp16) precision_flags=(--fp16) ;;
   bf16) precision_flags=(--bf16) ;;
-  tf32|fp32) ;;
+  tf32) precision_flags=(--tf32) ;;
+  fp32) ;;
   *) echo "precision must be fp16, bf16, tf32 or fp32, not '$precision'" >&2; exit 2 ;;
 esac
+
+# True when the folder holds shards that run_pretraining.py reads (HDF5, or LDDL Parquet).
+has_shards() {
+  [ -d "$1" ] && [ -n "$(find "$1" \( -name '*.hdf5' -o -name '*.h5' -o -name '*.parquet*' \) -print -quit)" ]
+}
+problems=()
+problem() { problems+=("$*"); }
+for phase in 1 2; do
+  folder=DATA_DIR_PHASE$phase
+  has_shards "${!folder}" || problem "$folder=${!folder} holds no pre-training shards: set" \
+    "$folder to a folder of phase-$phase .hdf5 (or LDDL .parquet) files (create_pretraining_data.py," \
+    "data/create_datasets_from_start.sh)"
+done
+[ -f "$BERT_CONFIG" ] || problem "BERT_CONFIG=$BERT_CONFIG is not a file: set BERT_CONFIG to a BERT config JSON"
+[ "$init_checkpoint" = None ] || [ -e "$init_checkpoint" ] ||
+  problem "init_checkpoint (argument 21) $init_checkpoint does not exist"
+gpus=$(python -c "import torch; print(torch.cuda.device_count())")
+if [ "$num_gpus" -gt "$(( gpus > 0 ? gpus : 1 ))" ]; then
+  problem "num_gpus (argument 4) is $num_gpus, but this machine has $gpus GPUs: pass" \
+          "$(( gpus > 0 ? gpus : 1 )) (one process per GPU; 1 on a machine without one)"
+fi
+for text in "${problems[@]}"; do echo "run_pretraining.sh: error: $text" >&2; done
+[ "${#problems[@]}" = 0 ] || exit 2
+mkdir -p "$CHECKPOINTS_DIR" "$RESULTS_DIR"
 [ "$accumulate_gradients" = true ] || { gradient_accumulation_steps=1; gradient_accumulation_steps_phase2=1; }
 common=(--config_file "$BERT_CONFIG" --output_dir "$CHECKPOINTS_DIR" --seed "$seed"
         --num_steps_per_checkpoint "$save_checkpoint_steps" --bert_model bert-large-uncased
@@ -76,7 +106,8 @@ common=(--config_file "$BERT_CONFIG" --output_dir "$CHECKPOINTS_DIR" --seed "$se
 [ "$allreduce_post_accumulation" = true ] && common+=(--allreduce_post_accumulation)
 [ "$allreduce_post_accumulation_fp16" = true ] && [ "$precision" = fp16 ] && common+=(--allreduce_post_accumulation_fp16)
 read -r -a extra <<< "${EXTRA_ARGS:-}"
-launch=(python -m torch.distributed.run --standalone --nproc_per_node="$num_gpus" run_pretraining.py)
+launch=(python run_pretraining.py)  # one process: its exit status (75 = pre-empted) as it is
+[ "$num_gpus" -gt 1 ] && launch=(python -m torch.distributed.run --standalone --nproc_per_node="$num_gpus" run_pretraining.py)
 
 phase1=("${launch[@]}" --input_dir "$DATA_DIR_PHASE1" "${common[@]}"
         --max_seq_length "${SEQ_LENGTH_PHASE1:-128}" --max_predictions_per_seq "${MAX_PREDICTIONS_PHASE1:-20}"
@@ -96,6 +127,13 @@ phase2=("${launch[@]}" --input_dir "$DATA_DIR_PHASE2" "${common[@]}" --phase2
 log=/dev/null
 [ "$create_logfile" = true ] && log="$RESULTS_DIR/$job_name.log"
 echo "${phase1[*]}" | tee -a "$log"
-"${phase1[@]}" 2>&1 | tee -a "$log"
+status=0
+"${phase1[@]}" 2>&1 | tee -a "$log" || status=$?
+final="$CHECKPOINTS_DIR/ckpt_$train_steps.pt"
+if [ "$status" != 0 ] || [ ! -f "$final" ]; then
+  echo "run_pretraining.sh: phase 1 ended with status $status before its last checkpoint" \
+       "($final): phase 2 not started; resume_training=true (argument 8) continues phase 1" | tee -a "$log" >&2
+  exit $(( status > 0 ? status : 75 ))
+fi
 echo "${phase2[*]}" | tee -a "$log"
 "${phase2[@]}" 2>&1 | tee -a "$log"

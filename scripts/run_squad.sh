@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
-# Fine-tunes and/or evaluates BERT on SQuAD v1.1 (run_squad.py).
+# Fine-tunes and/or evaluates BERT on SQuAD v1.1 (run_squad.py). Before launching it checks
+# the files the mode reads and num_gpus against this machine's GPUs, naming what to set.
 #
 # Positional arguments, in order (default):
 #  1 init_checkpoint ($BERT_PREP_WORKING_DIR/checkpoints/bert_uncased.pt)
 #  2 epochs (2.0)
 #  3 batch_size (3)                 per GPU
 #  4 learning_rate (3e-5)
-#  5 precision (fp16)               fp16 | bf16 | tf32 | fp32
+#  5 precision (fp16)               fp16 | bf16 | tf32 (TF32 matrix products) | fp32 (true fp32)
 #  6 num_gpus (8)                   1 on a CPU machine
 #  7 seed (1)
 #  8 squad_dir ($BERT_PREP_WORKING_DIR/download/squad/v1.1)   train-v1.1.json, dev-v1.1.json
@@ -42,7 +43,8 @@ args=(--init_checkpoint "$init_checkpoint" --vocab_file "$vocab_file" --config_f
 case "$precision" in
   fp16) args+=(--fp16) ;;
   bf16) args+=(--bf16) ;;
-  tf32|fp32) ;;
+  tf32) args+=(--tf32) ;;
+  fp32) ;;
   *) echo "precision must be fp16, bf16, tf32 or fp32, not '$precision'" >&2; exit 2 ;;
 esac
 [[ "$mode" == *train* ]] && args+=(--do_train --train_file "$squad_dir/train-v1.1.json"
@@ -53,6 +55,22 @@ esac
 [[ "$mode" == *eval* ]] && args+=(--do_eval)
 read -r -a extra <<< "${EXTRA_ARGS:-}"
 args+=("${extra[@]}")
+
+problems=()
+problem() { problems+=("$*"); }
+[ -e "$init_checkpoint" ] || problem "init_checkpoint (argument 1) $init_checkpoint does not exist:" \
+  "pass a pre-trained checkpoint (run_pretraining.py's ckpt_<step>.pt, NVIDIA's, or a Hugging Face folder)"
+[ -f "$vocab_file" ] || problem "vocab_file (argument 9) $vocab_file is not a file"
+[ -f "$config_file" ] || problem "config_file (argument 12) $config_file is not a file"
+[[ "$mode" != *train* ]] || [ -f "$squad_dir/train-v1.1.json" ] ||
+  problem "squad_dir (argument 8) $squad_dir holds no train-v1.1.json (data/squad/squad_download.sh)"
+[[ "$mode" != *eval* && "$mode" != *prediction* ]] || [ -f "$squad_dir/dev-v1.1.json" ] ||
+  problem "squad_dir (argument 8) $squad_dir holds no dev-v1.1.json (data/squad/squad_download.sh)"
+gpus=$(python -c "import torch; print(torch.cuda.device_count())")
+[ "$num_gpus" -le "$(( gpus > 0 ? gpus : 1 ))" ] || problem "num_gpus (argument 6) is $num_gpus," \
+  "but this machine has $gpus GPUs: pass $(( gpus > 0 ? gpus : 1 )) (one process per GPU; 1 on a machine without one)"
+for text in "${problems[@]}"; do echo "run_squad.sh: error: $text" >&2; done
+[ "${#problems[@]}" = 0 ] || exit 2
 
 launch=(python)
 [ "$num_gpus" -gt 1 ] && launch=(python -m torch.distributed.run --standalone --nproc_per_node="$num_gpus")

@@ -15,9 +15,10 @@ from conftest import REPO
 
 SHELL_SCRIPTS = sorted([*REPO.glob("scripts/*.sh"), *REPO.glob("data/**/*.sh"),
                         *REPO.glob("tests/slurm/*.sh"), *REPO.glob("triton/*.sh"),
+                        *REPO.glob("bench/*.sh"),
                         REPO / "run.sub", REPO / ".ci" / "run"])
 ENTRY_SCRIPTS = ["create_pretraining_data.py", "run_pretraining.py", "run_squad.py",
-                 "run_glue.py", "inference.py", "data/bertPrep.py"]
+                 "run_glue.py", "inference.py", "data/bertPrep.py", "bench/gpu_check.py"]
 
 
 @pytest.mark.parametrize("script", SHELL_SCRIPTS, ids=lambda p: p.name)

@@ -276,7 +276,7 @@ def test_two_processes_equal_one_process_with_the_combined_batch(shards, tmp_pat
 
 
 @pytest.mark.slow
-def test_sigterm_saves_a_checkpoint_and_exits_cleanly(shards, tmp_path):
+def test_sigterm_saves_a_checkpoint_and_exits_with_the_preempted_status(shards, tmp_path):
     command = [sys.executable, "run_pretraining.py",
                *map(str, ["--input_dir", shards[0], "--config_file", shards[1], "--output_dir",
                           tmp_path, "--max_seq_length", SEQ, "--max_predictions_per_seq",
@@ -289,7 +289,7 @@ def test_sigterm_saves_a_checkpoint_and_exits_cleanly(shards, tmp_path):
             break
     process.send_signal(signal.SIGTERM)
     output = process.communicate(timeout=60)[0]
-    assert process.returncode == 0, output
+    assert process.returncode == run_pretraining.PREEMPTED_EXIT_STATUS == 75, output
     assert "received SIGTERM" in output
     saved = list(tmp_path.glob("ckpt_*.pt"))
     assert len(saved) == 1 and int(saved[0].stem.split("_")[1]) >= 3

@@ -1,5 +1,5 @@
 """run.sub under a real Slurm controller: two phases, two nodes, pre-emption and requeue,
-cancelling, a failed rank.
+cancelling, a failed rank, the default task layout and a job refused for its GPUs.
 
     BERT_SLURM_TESTS=require bash tests/slurm/run_slurm_tests.sh   # CI: a skip is a failure
 
@@ -8,8 +8,10 @@ file; the `cluster` fixture starts a cluster on this machine with tests/slurm/cl
 nodes, each a slurmd of its own; partitions `batch`, and `urgent`, whose jobs pre-empt batch
 jobs) and stops it at the end. Jobs are `sbatch --nodes=1 --ntasks-per-node=2 run.sub` as a
 user would submit them (or two nodes with one task each): two ranks on CPU with gloo, fp32,
-the virtualenv this Python runs in, a tiny BERT on the sample text. Without BERT_SLURM_TESTS
-(the default test run) the module is skipped: it starts daemons as root.
+the virtualenv this Python runs in, a tiny BERT on the sample text. The cluster has no GPUs
+(no GRES: a GPU request is refused there), so jobs ask for none; run.sub's default CPU binding
+is accepted and ignored (task/none). Without BERT_SLURM_TESTS (the default test run) the
+module is skipped: it starts daemons as root.
 """
 
 import json
@@ -352,3 +354,28 @@ def rank_pids(cluster, job_id):
             if step == "0" and rank != "-":
                 ranks[int(rank)] = int(pid)
     return ranks
+
+
+def test_run_sub_asks_for_eight_tasks_per_node_by_default(cluster, data, tmp_path):
+    """`sbatch -N2 run.sub` with no task count: 16 ranks, not one per node. (Held and then
+    cancelled: two CPUs per node cannot run eight exclusive tasks, so --oversubscribe.)"""
+    job_id = cluster.sbatch("--hold", "--oversubscribe", "--nodes=2",
+                            f"--output={tmp_path}/slurm-%j.out", REPO / "run.sub")
+    try:
+        job = cluster.job(job_id)
+    finally:
+        cluster.run("scancel", job_id)
+    assert job["NumNodes"] in ("2", "2-2") and job["NumTasks"] == "16", job  # 2-2: pending
+
+
+def test_a_job_with_other_than_one_task_per_gpu_is_refused_with_a_message(cluster, data,
+                                                                          tmp_path):
+    """GPUS_PER_NODE=4 stands for a node with four GPUs: two tasks per node is refused before
+    any rank starts, the job fails (status 2) and is not requeued."""
+    job_id = submit_pretraining(cluster, data, tmp_path, 1, GPUS_PER_NODE=4)
+    job = cluster.wait_finished(job_id)
+    log = job_log(tmp_path, job_id)
+    assert (job["JobState"], job["ExitCode"], job["Restarts"]) == ("FAILED", "2:0", "0"), job
+    assert "run.sub: 2 tasks per node, but 4 GPUs per node: pre-training runs one task per " \
+           "GPU; submit with --ntasks-per-node=4 (or with --gpus-per-node=2)" in log, log
+    assert "run_pretraining.py" not in log and not records(tmp_path)

@@ -22,10 +22,10 @@ whose size, length and padding differ from the example used to export it, and fa
 the largest absolute difference from PyTorch exceeds --atol.
 
 Deliberate deviations from NVIDIA's triton/ export (model_navigator): one script writes
-both formats and the tensor signature, no navigator or TensorRT conversion, float32 only;
-TorchScript is traced (not scripted); its graph holds no device (tests/test_gpu_paths.py
-checks it), so Triton's libtorch backend runs it on whichever GPU or CPU instance it loads it on,
-whatever --device traced it.
+both formats and the tensor signature, no navigator or TensorRT conversion, float32 only
+(true fp32 unless --tf32, on a GPU --device); TorchScript is traced (not scripted); its graph
+holds no device (tests/test_gpu_paths.py checks it), so Triton's libtorch backend runs it on
+whichever GPU or CPU instance it loads it on, whatever --device traced it.
 """
 
 import argparse
@@ -77,6 +77,9 @@ def parse_args(argv=None):
     parser.add_argument("--atol", type=float, default=1e-3,
                         help="largest absolute difference from PyTorch accepted")
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--tf32", action="store_true",
+                        help="check on a GPU --device with TF32 matrix products (NVIDIA's "
+                             "default on Ampere and later); without it: true fp32")
     return parser.parse_args(argv)
 
 
@@ -201,6 +204,7 @@ def main(args):
     utils.setup_logging()
     finetuning.resolve_model_files(args)
     device = torch.device(args.device)
+    utils.set_matmul_precision("tf32" if args.tf32 else "fp32")
     model = load_task_model(args, device).eval()
     wrapper = TritonSignature(model).eval()
     input_dtype = getattr(torch, args.input_dtype)
