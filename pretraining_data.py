@@ -10,18 +10,20 @@ run j its row p_j(k), p_j a permutation drawn from (seed, e, file, j). Rank r's 
 is slots r*micro_batch ... (r+1)*micro_batch - 1, so each rank reads one contiguous 1/W of
 the file (two pieces where it wraps) and decompresses nothing else. The global batches
 depend on G, not on the number of ranks, which makes N processes equal to one process with
-the N-fold batch. (create_pretraining_data.py, as NVIDIA's, writes its instances shuffled,
-so neighbouring rows are a random sample already.) A resume continues at the same instance
-only with the same global batch (number of GPUs x micro-batch); with another one it
-continues at the same batch number of the same file. The next file is read by a background
-process while the current one trains.
+the N-fold batch; gradient accumulation takes consecutive global batches (so 2 accumulated
+micro-batches of 4 are other rows than one of 8). (create_pretraining_data.py, as NVIDIA's,
+writes its instances shuffled, so neighbouring rows are a random sample already.) A resume
+continues at the same instance only with the same global batch (number of GPUs x
+micro-batch); with another one it continues at the same batch number of the same file. The
+next file is read by a background process while the current one trains.
 
 Deliberate deviations from NVIDIA's loader:
 - The position (epoch, file, batch) is three integers in the checkpoint, not a pickled
   DataLoader; resume continues exactly at the next batch.
-- Each rank reads only its own contiguous 1/W of every file, instead of owning whole files:
-  the order then stays the same for any number of GPUs (with the same global batch) and no
-  rank waits for a file that another GPU's share would not need. Within a file, a global
+- Each rank reads only its own contiguous 1/W of every file. NVIDIA's ranks own whole
+  files instead, which changes the order with the number of GPUs (and wants at least as
+  many files as GPUs); here the order stays the same for any number of GPUs with the same
+  global batch, at the cost of every rank opening every file. Within a file, a global
   batch takes one row of each of G runs of the shuffled rows rather than any G rows.
 - The rows stay in their on-disk integer types (int32/int8) until a micro-batch is built,
   and the background process hands them over in memory shared with the rank (an anonymous
