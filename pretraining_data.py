@@ -1,32 +1,54 @@
 """Pre-training batches for run_pretraining.py: HDF5 shards (create_pretraining_data.py's
 or NVIDIA's) with an exact, resumable position, or LDDL's Parquet shards.
 
-HDF5 order: epoch e visits the shard files in an order drawn from (seed, e) and each file's
-instances in an order drawn from (seed, e, file). Global batch k of a file is the next
-`micro_batch * world_size` instances of that order; rank r takes the r-th slice. The order is
-thus the same for any number of ranks, which makes N processes equal to one process with the
-N-fold batch. A resume continues at the same instance only with the same global batch
-(number of GPUs x micro-batch); with another one it continues at the same batch number of
-the same file. A file's last partial global batch is dropped. The next file is read and
-decompressed by a background process while the current one trains.
+HDF5 order: epoch e visits the shard files in an order drawn from (seed, e). A file of N
+rows read with a global batch of G = micro_batch x world_size rows holds B = N // G global
+batches; the other N mod G rows (the last partial global batch) are dropped. From an offset
+drawn from (seed, e, file) on, the file's rows are cut into G contiguous runs of B rows
+(wrapping around its end), one per slot of the global batch, and global batch k takes from
+run j its row p_j(k), p_j a permutation drawn from (seed, e, file, j). Rank r's micro-batch
+is slots r*micro_batch ... (r+1)*micro_batch - 1, so each rank reads one contiguous 1/W of
+the file (two pieces where it wraps) and decompresses nothing else. The global batches
+depend on G, not on the number of ranks, which makes N processes equal to one process with
+the N-fold batch; gradient accumulation takes consecutive global batches (so 2 accumulated
+micro-batches of 4 are other rows than one of 8). (create_pretraining_data.py, as NVIDIA's,
+writes its instances shuffled, so neighbouring rows are a random sample already.) A resume
+continues at the same instance only with the same global batch (number of GPUs x
+micro-batch); with another one it continues at the same batch number of the same file. The
+next file is read by a background process while the current one trains.
 
 Deliberate deviations from NVIDIA's loader:
 - The position (epoch, file, batch) is three integers in the checkpoint, not a pickled
   DataLoader; resume continues exactly at the next batch.
-- Every rank reads every file and keeps its own rows (BERT's input rate is a few MB/s, far
-  below what a core decompresses), instead of each rank owning whole files.
+- Each rank reads only its own contiguous 1/W of every file. NVIDIA's ranks own whole
+  files instead, which changes the order with the number of GPUs (and wants at least as
+  many files as GPUs); here the order stays the same for any number of GPUs with the same
+  global batch, at the cost of every rank opening every file. Within a file, a global
+  batch takes one row of each of G runs of the shuffled rows rather than any G rows.
+- The rows stay in their on-disk integer types (int32/int8) until a micro-batch is built,
+  and the background process hands them over in memory shared with the rank (an anonymous
+  file passed over a socket), not as pickled int64 arrays.
+- Shards are checked against the run: their width must equal --max_seq_length and fit the
+  model's max_position_embeddings, masked_lm_positions may be at most
+  --max_predictions_per_seq wide, and token ids must be below the config's vocab_size
+  (NVIDIA's loader trains whatever the shards hold; a bad id surfaces as a device-side
+  assert).
 - LDDL shards resume at epoch granularity (as NVIDIA's LDDL path does).
 """
 
 import ctypes
 import logging
+import mmap
 import multiprocessing
+import multiprocessing.reduction
+import multiprocessing.util
 import os
 import re
 import signal
 import sys
-from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass
+import tempfile
+import traceback
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import h5py
@@ -35,6 +57,8 @@ import torch
 
 KEYS = ("input_ids", "input_mask", "segment_ids", "masked_lm_positions", "masked_lm_ids",
         "next_sentence_labels")
+SEQUENCE_KEYS = ("input_ids", "input_mask", "segment_ids")
+PREDICTION_KEYS = ("masked_lm_positions", "masked_lm_ids")
 
 
 def find_input_files(input_dir):
@@ -57,36 +81,102 @@ def find_input_files(input_dir):
                             f"create_pretraining_data.py) and no LDDL .parquet shards")
 
 
-def read_shard(path, max_pred_length=None):
-    """All six arrays of one HDF5 shard as int64 numpy arrays; errors name the file."""
+# ----------------------------------------------------------------------------- checks
+
+@dataclass(frozen=True)
+class ShardLimits:
+    """What the run accepts from a shard; None leaves a limit unchecked."""
+    max_seq_length: int | None = None           # --max_seq_length: the width must equal it
+    max_predictions_per_seq: int | None = None  # --max_predictions_per_seq: at most
+    vocab_size: int | None = None               # the config's: ids must be below it
+    max_position_embeddings: int | None = None  # the config's: the width must fit
+
+
+def check_layout(f, path, limits):
+    """The six datasets of an open shard agree with each other and with the run's limits;
+    returns the number of rows. Errors name the file and both numbers."""
+    missing = [key for key in KEYS if key not in f]
+    if missing:
+        raise ValueError(f"pre-training shard {path} lacks datasets {missing}")
+    shapes = {key: f[key].shape for key in KEYS}
+    count = shapes["input_ids"][0]
+    if any(shape[0] != count for shape in shapes.values()):
+        raise ValueError(f"pre-training shard {path}: datasets have different lengths "
+                         f"{ {key: shape[0] for key, shape in shapes.items()} }")
+    not_integer = [key for key in KEYS if not np.issubdtype(f[key].dtype, np.integer)]
+    if not_integer:
+        raise ValueError(f"pre-training shard {path}: datasets {not_integer} do not hold "
+                         f"integers")
+    width, predictions = shapes["input_ids"][1:], shapes["masked_lm_positions"][1:]
+    if len(width) != 1 or len(predictions) != 1 or shapes["next_sentence_labels"] != (count,) \
+            or any(shapes[key] != shapes["input_ids"] for key in SEQUENCE_KEYS) \
+            or shapes["masked_lm_ids"] != shapes["masked_lm_positions"]:
+        raise ValueError(f"pre-training shard {path}: the datasets' shapes {shapes} are not "
+                         f"create_pretraining_data.py's ([N, seq] x 3, [N, predictions] x 2, "
+                         f"[N])")
+    check_widths(path, width[0], predictions[0], limits)
+    return count
+
+
+def check_widths(path, width, predictions, limits):
+    if limits.max_seq_length is not None and width != limits.max_seq_length:
+        raise ValueError(f"pre-training shard {path} holds sequences of {width} tokens, but "
+                         f"--max_seq_length is {limits.max_seq_length}: point --input_dir at "
+                         f"shards made with --max_seq_length {limits.max_seq_length} (phase 1: "
+                         f"128, phase 2: 512), or pass --max_seq_length {width}")
+    if limits.max_position_embeddings is not None and width > limits.max_position_embeddings:
+        raise ValueError(f"pre-training shard {path} holds sequences of {width} tokens, more "
+                         f"than the model's max_position_embeddings "
+                         f"{limits.max_position_embeddings} (--config_file)")
+    if limits.max_predictions_per_seq is not None and \
+            predictions > limits.max_predictions_per_seq:
+        raise ValueError(f"pre-training shard {path} has {predictions} predictions per "
+                         f"sequence (masked_lm_positions), more than --max_predictions_per_seq "
+                         f"{limits.max_predictions_per_seq}: pass --max_predictions_per_seq "
+                         f"{predictions} or use shards made with "
+                         f"{limits.max_predictions_per_seq}")
+
+
+def check_values(arrays, path, limits):
+    """Token ids within the vocabulary and masked positions within the sequence, over the
+    rows read (a min and a max per array: cheap next to decompressing them)."""
+    if not len(arrays["input_ids"]):
+        return
+    width = arrays["input_ids"].shape[1]
+    low, high = arrays["masked_lm_positions"].min(), arrays["masked_lm_positions"].max()
+    if low < 0 or high >= width:
+        raise ValueError(f"pre-training shard {path}: masked_lm_positions holds "
+                         f"{low if low < 0 else high}, outside its sequences of {width} tokens")
+    if limits.vocab_size is None:
+        return
+    for key in ("input_ids", "masked_lm_ids"):
+        low, high = arrays[key].min(), arrays[key].max()
+        if low < 0 or high >= limits.vocab_size:
+            raise ValueError(f"pre-training shard {path} holds token id "
+                             f"{low if low < 0 else high} ({key}), but the model's vocab_size "
+                             f"is {limits.vocab_size} (--config_file): the shards were made with "
+                             f"another vocabulary; use the config that goes with it")
+
+
+def open_shard(path):
     try:
-        with h5py.File(path, "r") as f:
-            missing = [key for key in KEYS if key not in f]
-            if missing:
-                raise ValueError(f"pre-training shard {path} lacks datasets {missing}")
-            arrays = {key: np.asarray(f[key][:], dtype=np.int64) for key in KEYS}
+        return h5py.File(path, "r")
     except OSError as e:
         raise ValueError(f"pre-training shard {path} cannot be read (truncated or not "
                          f"HDF5?): {e}") from None
-    count = len(arrays["input_ids"])
-    if any(len(a) != count for a in arrays.values()):
-        raise ValueError(f"pre-training shard {path}: datasets have different lengths")
-    width = arrays["masked_lm_positions"].shape[1]
-    if max_pred_length is not None and width > max_pred_length:
-        raise ValueError(f"pre-training shard {path} has {width} predictions per sequence, "
-                         f"more than --max_predictions_per_seq {max_pred_length}")
+
+
+def read_shard(path, limits=ShardLimits()):
+    """All six arrays of one HDF5 shard in their on-disk integer types, checked against
+    `limits`; errors name the file."""
+    with open_shard(path) as f:
+        check_layout(f, path, limits)
+        arrays = {key: f[key][:] for key in KEYS}
+    check_values(arrays, path, limits)
     return arrays
 
 
-def masked_lm_labels(input_ids, positions, ids):
-    """Labels [B, T]: the original token at masked positions, -1 elsewhere. Padding in
-    `positions` is 0, which never is a real mask ([CLS] sits there)."""
-    labels = np.full_like(input_ids, -1)
-    valid = positions > 0
-    rows = np.nonzero(valid)[0]
-    labels[rows, positions[valid]] = ids[valid]
-    return labels
-
+# ----------------------------------------------------------------------------- order
 
 @dataclass
 class Position:
@@ -96,69 +186,157 @@ class Position:
     batch_index: int = 0
 
 
-class PretrainingBatches:
-    """Iterator of this rank's micro-batches (dicts of tensors) over HDF5 shards."""
+@dataclass(frozen=True)
+class ReadRequest:
+    """One rank's share of the file_index-th file of an epoch (see the module docstring)."""
+    path: Path
+    seed: int
+    epoch: int
+    file_index: int
+    micro_batch: int
+    rank: int
+    world_size: int
 
-    def __init__(self, files, micro_batch, rank, world_size, seed, position=None,
-                 max_pred_length=None):
-        self.files = list(files)
-        self.micro_batch, self.rank, self.world_size = micro_batch, rank, world_size
-        self.seed, self.max_pred_length = seed, max_pred_length
-        self.position = position or Position()
-        self.pool = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("fork"),
-                                        initializer=follow_rank, initargs=(os.getpid(),))
-        self.prefetched = None
+    def row_ranges(self, count):
+        """(global batches in the file, [(start, stop)] rows of this rank on disk)."""
+        batches = count // (self.micro_batch * self.world_size)
+        if not batches:
+            return 0, []
+        offset = int(np.random.default_rng([self.seed, self.epoch, self.file_index])
+                     .integers(count))
+        start = (offset + self.rank * self.micro_batch * batches) % count
+        stop = start + self.micro_batch * batches
+        if stop <= count:
+            return batches, [(start, stop)]
+        return batches, [(start, count), (0, stop - count)]
 
-    def file_order(self, epoch):
-        return np.random.default_rng([self.seed, epoch]).permutation(len(self.files))
+    def slots(self, batches):
+        """[batches, micro_batch]: the rows (indices into this rank's share) of each of its
+        micro-batches; column i is run r*micro_batch + i of the file."""
+        table = np.empty((batches, self.micro_batch), dtype=np.int64)
+        first_slot = self.rank * self.micro_batch
+        for i in range(self.micro_batch):
+            rng = np.random.default_rng([self.seed, self.epoch, self.file_index, first_slot + i])
+            table[:, i] = i * batches + rng.permutation(batches)
+        return table
 
-    def _submit(self, epoch, file_index):
-        path = self.files[self.file_order(epoch)[file_index]]
-        return (epoch, file_index), self.pool.submit(read_shard, path, self.max_pred_length)
 
-    def _next_file(self, epoch, file_index):
-        return (epoch, file_index + 1) if file_index + 1 < len(self.files) else (epoch + 1, 0)
+# ----------------------------------------------------------------------------- reader process
 
-    def _load(self, epoch, file_index):
-        """This file's arrays (prefetched when possible) and its instance order; starts
-        reading the following file in the background."""
-        if self.prefetched is None or self.prefetched[0] != (epoch, file_index):
-            self.prefetched = self._submit(epoch, file_index)
-        arrays = self.prefetched[1].result()
-        self.prefetched = self._submit(*self._next_file(epoch, file_index))
-        order = np.random.default_rng([self.seed, epoch, file_index]).permutation(
-            len(arrays["input_ids"]))
-        return arrays, order
+@dataclass
+class SharedShard:
+    """A rank's share of one file, as the reader process laid it out in shared memory:
+    fields maps each dataset (and 'slots') to (dtype, shape, byte offset)."""
+    path: Path
+    batches: int
+    size: int = 0
+    fields: dict = field(default_factory=dict)
+    bytes_read: int = 0
+    arrays: dict = field(default_factory=dict, repr=False)  # filled in the rank
 
-    def __iter__(self):
-        global_batch = self.micro_batch * self.world_size
-        files_without_batch = 0
-        while True:
-            position = self.position
-            arrays, order = self._load(position.epoch, position.file_index)
-            batches_in_file = len(order) // global_batch
-            files_without_batch = 0 if batches_in_file else files_without_batch + 1
-            if files_without_batch == len(self.files):  # it would read the files forever
-                raise ValueError(f"no input file holds a full global batch of {global_batch} "
-                                 f"instances ({self.micro_batch} per micro-batch x "
-                                 f"{self.world_size} process(es)); the first is "
-                                 f"{self.files[0]}: lower --train_batch_size or write larger "
-                                 "shards")
-            for batch_index in range(position.batch_index, batches_in_file):
-                start = batch_index * global_batch + self.rank * self.micro_batch
-                rows = order[start:start + self.micro_batch]
-                self.position = Position(position.epoch, position.file_index, batch_index + 1)
-                yield to_batch({key: array[rows] for key, array in arrays.items()})
-            epoch, file_index = self._next_file(position.epoch, position.file_index)
-            self.position = Position(epoch, file_index, 0)
+    def micro_batch(self, batch_index):
+        """The on-disk arrays of this rank's rows of global batch batch_index."""
+        rows = self.arrays["slots"][batch_index]
+        return {key: self.arrays[key][rows] for key in KEYS}
 
-    def close(self):
-        self.pool.shutdown(wait=False, cancel_futures=True)
+
+def layout(datasets, rows, batches, micro_batch):
+    """(fields, size) of a share: each array 64-byte aligned."""
+    fields, offset = {}, 0
+    shapes = {key: ((rows,) + dataset.shape[1:], dataset.dtype.newbyteorder("="))
+              for key, dataset in datasets.items()}
+    shapes["slots"] = ((batches, micro_batch), np.dtype(np.int64))
+    for key, (shape, dtype) in shapes.items():
+        fields[key] = (dtype.str, shape, offset)
+        offset += -(-int(np.prod(shape)) * dtype.itemsize // 64) * 64
+    return fields, offset
+
+
+def views(memory, fields):
+    return {key: np.frombuffer(memory, dtype=np.dtype(dtype), count=int(np.prod(shape)),
+                               offset=offset).reshape(shape)
+            for key, (dtype, shape, offset) in fields.items()}
+
+
+def anonymous_file(size):
+    """A file descriptor of `size` bytes of memory that no name refers to: it is freed when
+    the last process holding it closes it or dies, so nothing can leak."""
+    if hasattr(os, "memfd_create"):
+        descriptor = os.memfd_create("bert-hdf5-shard")
+    else:
+        with tempfile.TemporaryFile() as named:
+            descriptor = os.dup(named.fileno())
+    os.ftruncate(descriptor, size)
+    return descriptor
+
+
+def bytes_read_so_far():
+    """Bytes this process has read through read() calls (Linux), else 0."""
+    try:
+        with open("/proc/self/io") as io:
+            return next(int(line.split()[1]) for line in io if line.startswith("rchar"))
+    except (OSError, StopIteration):
+        return 0
+
+
+def read_share(request, limits):
+    """In the reader process: (SharedShard, file descriptor or None) of the request."""
+    started = bytes_read_so_far()
+    with open_shard(request.path) as f:
+        count = check_layout(f, request.path, limits)
+        batches, ranges = request.row_ranges(count)
+        if not batches:
+            return SharedShard(request.path, 0), None
+        fields, size = layout({key: f[key] for key in KEYS}, batches * request.micro_batch,
+                              batches, request.micro_batch)
+        descriptor = anonymous_file(size)
+        try:  # the mapping goes with fill's views (a `with` could not close it under them)
+            fill(mmap.mmap(descriptor, size), fields, f, ranges, request, batches, limits)
+        except BaseException:
+            os.close(descriptor)
+            raise
+    shard = SharedShard(request.path, batches, size, fields, bytes_read_so_far() - started)
+    return shard, descriptor
+
+
+def fill(memory, fields, f, ranges, request, batches, limits):
+    arrays = views(memory, fields)
+    for key in KEYS:
+        written = 0
+        for start, stop in ranges:
+            rows = stop - start
+            f[key].read_direct(arrays[key], np.s_[start:stop], np.s_[written:written + rows])
+            written += rows
+    check_values(arrays, request.path, limits)
+    arrays["slots"][...] = request.slots(batches)
+
+
+def serve_reads(connection, rank_pid, limits):
+    """The reader process: answers each ReadRequest with ('ok', SharedShard) and the
+    memory's descriptor, or ('error', message) for a bad shard."""
+    follow_rank(rank_pid)
+    while True:
+        try:
+            request = connection.recv()
+        except EOFError:  # the rank closed its end
+            return
+        try:
+            shard, descriptor = read_share(request, limits)
+        except ValueError as error:
+            connection.send(("error", str(error)))
+            continue
+        except Exception:
+            connection.send(("failed", traceback.format_exc()))
+            continue
+        connection.send(("ok", shard))
+        if descriptor is not None:
+            multiprocessing.reduction.send_handle(connection, descriptor, rank_pid)
+            os.close(descriptor)
 
 
 def follow_rank(rank_pid):
-    """Initializer of the background reader, forked from its rank: it leaves the signals
-    the rank handles to the rank (Slurm sends TERM/USR1 to every process of a job step), and
+    """Set-up of the background reader, forked from its rank: it leaves the signals the
+    rank handles to the rank (Slurm sends TERM/USR1 to every process of a job step), and
     dies with the rank (Linux PR_SET_PDEATHSIG) instead of living on as an orphan that holds
     the job's output open when the rank is killed."""
     for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1):
@@ -169,24 +347,157 @@ def follow_rank(rank_pid):
         os._exit(1)
 
 
-def to_batch(arrays):
-    """Numpy arrays of a shard's rows -> the tensors BertForPreTraining takes."""
-    labels = masked_lm_labels(arrays["input_ids"], arrays["masked_lm_positions"],
-                              arrays["masked_lm_ids"])
-    return {"input_ids": torch.from_numpy(arrays["input_ids"]),
-            "token_type_ids": torch.from_numpy(arrays["segment_ids"]),
-            "attention_mask": torch.from_numpy(arrays["input_mask"]),
-            "masked_lm_labels": torch.from_numpy(labels),
-            "next_sentence_labels": torch.from_numpy(arrays["next_sentence_labels"])}
+def stop_reader(process, connection):
+    """Kills the reader (whatever it is reading is not needed: its memory belongs to no
+    name), reaps it and closes the socket, in that order, in this thread: nothing is left
+    to race with interpreter exit."""
+    process.kill()
+    process.join()
+    process.close()
+    connection.close()
+
+
+class ShardReader:
+    """The rank's end of the background reader: one request in flight at a time."""
+
+    def __init__(self, limits):
+        context = multiprocessing.get_context("fork")
+        self.connection, child_end = context.Pipe()
+        self.process = context.Process(target=serve_reads, name="hdf5-reader",
+                                       args=(child_end, os.getpid(), limits))
+        self.process.start()
+        child_end.close()
+        # Runs at close(), when this object is collected, or at exit before multiprocessing
+        # joins its children (which would wait forever for a reader blocked in recv()).
+        self._stop = multiprocessing.util.Finalize(self, stop_reader,
+                                                   (self.process, self.connection),
+                                                   exitpriority=100)
+
+    def send(self, request):
+        self.connection.send(request)
+
+    def receive(self, request):
+        """The SharedShard answering `request` (sent before), mapped into this process."""
+        try:
+            status, answer = self.connection.recv()
+            if status == "ok" and answer.size:
+                descriptor = multiprocessing.reduction.recv_handle(self.connection)
+                try:
+                    answer.arrays = views(mmap.mmap(descriptor, answer.size), answer.fields)
+                finally:
+                    os.close(descriptor)  # the mapping keeps the memory
+        except (EOFError, ConnectionError):
+            raise RuntimeError(f"the HDF5 reader process died (exit code "
+                               f"{self.process.exitcode}) while reading {request.path}; "
+                               f"was it killed for memory?") from None
+        if status == "error":
+            raise ValueError(answer)
+        if status == "failed":
+            raise RuntimeError(f"the HDF5 reader process failed on {request.path}:\n{answer}")
+        return answer
+
+    def close(self):
+        self._stop()
+
+
+class PretrainingBatches:
+    """Iterator of this rank's micro-batches (dicts of int64 tensors) over HDF5 shards, in
+    page-locked memory when pin_memory (so that copies to the GPU can overlap)."""
+
+    def __init__(self, files, micro_batch, rank, world_size, seed, position=None,
+                 limits=ShardLimits(), pin_memory=False):
+        self.files = list(files)
+        self.micro_batch, self.rank, self.world_size = micro_batch, rank, world_size
+        self.seed, self.limits, self.pin_memory = seed, limits, pin_memory
+        self.position = position or Position()
+        self.reader = ShardReader(limits)
+        self.in_flight = None  # the request the reader is working on
+        self.bytes_read = 0    # from the shard files, by this rank's reader
+
+    def file_order(self, epoch):
+        return np.random.default_rng([self.seed, epoch]).permutation(len(self.files))
+
+    def _request(self, epoch, file_index):
+        path = self.files[self.file_order(epoch)[file_index]]
+        return ReadRequest(path, self.seed, epoch, file_index, self.micro_batch, self.rank,
+                           self.world_size)
+
+    def _next_file(self, epoch, file_index):
+        return (epoch, file_index + 1) if file_index + 1 < len(self.files) else (epoch + 1, 0)
+
+    def _load(self, epoch, file_index):
+        """This rank's share of the file (prefetched when possible); starts reading the
+        following file in the background."""
+        request = self._request(epoch, file_index)
+        if self.in_flight != request:
+            if self.in_flight is not None:
+                self.reader.receive(self.in_flight)  # not the one needed: discarded
+            self.reader.send(request)
+        self.in_flight = None
+        shard = self.reader.receive(request)
+        self.bytes_read += shard.bytes_read
+        self.in_flight = self._request(*self._next_file(epoch, file_index))
+        self.reader.send(self.in_flight)
+        return shard
+
+    def __iter__(self):
+        files_without_batch = 0
+        while True:
+            position = self.position
+            shard = self._load(position.epoch, position.file_index)
+            files_without_batch = 0 if shard.batches else files_without_batch + 1
+            if files_without_batch == len(self.files):  # it would read the files forever
+                global_batch = self.micro_batch * self.world_size
+                raise ValueError(f"no input file holds a full global batch of {global_batch} "
+                                 f"instances ({self.micro_batch} per micro-batch x "
+                                 f"{self.world_size} process(es)); the first is "
+                                 f"{self.files[0]}: lower --train_batch_size or write larger "
+                                 "shards")
+            for batch_index in range(position.batch_index, shard.batches):
+                self.position = Position(position.epoch, position.file_index, batch_index + 1)
+                yield to_batch(shard.micro_batch(batch_index), self.pin_memory)
+            epoch, file_index = self._next_file(position.epoch, position.file_index)
+            self.position = Position(epoch, file_index, 0)
+
+    def close(self):
+        self.reader.close()
+
+
+def masked_lm_labels(input_ids, positions, ids):
+    """Labels [B, T] (int64): the original token at masked positions, -1 elsewhere. Padding
+    in `positions` is 0, which never is a real mask ([CLS] sits there)."""
+    labels = np.full(input_ids.shape, -1, dtype=np.int64)
+    valid = positions > 0
+    rows = np.nonzero(valid)[0]
+    labels[rows, positions[valid]] = ids[valid]
+    return labels
+
+
+def to_batch(arrays, pin_memory=False):
+    """A shard's rows (numpy arrays of any integer type) -> the int64 tensors
+    BertForPreTraining takes, page-locked when pin_memory."""
+    sources = {"input_ids": arrays["input_ids"], "token_type_ids": arrays["segment_ids"],
+               "attention_mask": arrays["input_mask"],
+               "masked_lm_labels": masked_lm_labels(arrays["input_ids"],
+                                                    arrays["masked_lm_positions"],
+                                                    arrays["masked_lm_ids"]),
+               "next_sentence_labels": arrays["next_sentence_labels"]}
+    batch = {}
+    for name, source in sources.items():
+        tensor = torch.empty(source.shape, dtype=torch.int64, pin_memory=pin_memory)
+        tensor.numpy()[...] = source
+        batch[name] = tensor
+    return batch
 
 
 class LddlBatches:
     """Batches from LDDL's balanced Parquet shards through lddl.torch (pip install
     --no-deps lddl==0.1.0 pyarrow), renamed to BertForPreTraining's arguments. The position
-    counts finished passes (LDDL resumes at epoch granularity)."""
+    counts finished passes (LDDL resumes at epoch granularity). Each batch is checked
+    against `limits` (its width and largest token id: LDDL tokenizes at load time)."""
 
     def __init__(self, files, vocab_file, micro_batch, local_rank, world_size, seed,
-                 position, num_workers, log_dir):
+                 position, num_workers, log_dir, limits=ShardLimits()):
         try:
             from lddl.torch import get_bert_pretrain_data_loader
         except ImportError:
@@ -202,6 +513,7 @@ class LddlBatches:
                              f"({len(shard_sets)}) to be divisible by processes x loader "
                              f"workers ({world_size} x {num_workers}); change --num_workers "
                              f"or re-balance the shards")
+        self.folder, self.vocab_file, self.limits = files[0].parent, vocab_file, limits
         self.position = Position(epoch=position.epoch)
         self.loader = get_bert_pretrain_data_loader(
             str(files[0].parent), local_rank=max(local_rank, 0), vocab_file=str(vocab_file),
@@ -213,12 +525,30 @@ class LddlBatches:
     def __iter__(self):
         while True:
             for batch in self.loader:
+                self._check(batch)
                 yield {"input_ids": batch["input_ids"],
                        "token_type_ids": batch["token_type_ids"],
                        "attention_mask": batch["attention_mask"],
                        "masked_lm_labels": batch["labels"],
                        "next_sentence_labels": batch["next_sentence_labels"]}
             self.position = Position(epoch=self.position.epoch + 1)
+
+    def _check(self, batch):
+        width, limits = batch["input_ids"].shape[1], self.limits
+        for limit, what in ((limits.max_seq_length, "--max_seq_length"),
+                            (limits.max_position_embeddings,
+                             "the model's max_position_embeddings (--config_file)")):
+            if limit is not None and width > limit:
+                raise ValueError(f"LDDL shards in {self.folder} gave a batch of {width} tokens "
+                                 f"per sequence, more than {what} {limit}: use shards made "
+                                 f"with --target-seq-length {limit} or less")
+        if limits.vocab_size is not None:
+            largest = int(torch.maximum(batch["input_ids"].max(), batch["labels"].max()))
+            if largest >= limits.vocab_size:
+                raise ValueError(f"LDDL shards in {self.folder} gave token id {largest}, but "
+                                 f"the model's vocab_size is {limits.vocab_size} "
+                                 f"(--config_file): --vocab_file {self.vocab_file} does not "
+                                 f"go with the config")
 
     def close(self):
         pass

@@ -57,6 +57,7 @@ from pretraining_data import (
     LddlBatches,
     Position,
     PretrainingBatches,
+    ShardLimits,
     find_input_files,
 )
 from utils import logger
@@ -255,12 +256,16 @@ def fp16_mean_allreduce_hook(process_group, bucket):
 
 def make_batches(args, distributed, micro_batch, position):
     kind, files = find_input_files(args.input_dir)
+    config = BertConfig.from_json_file(args.config_file)
+    limits = ShardLimits(args.max_seq_length, args.max_predictions_per_seq, config.vocab_size,
+                         config.max_position_embeddings)
     if kind == "parquet":
         return LddlBatches(files, args.vocab_file, micro_batch, distributed.local_rank,
                            distributed.world_size, args.seed, position, args.num_workers,
-                           f"{args.output_dir}/lddl_log")
+                           f"{args.output_dir}/lddl_log", limits)
     return PretrainingBatches(files, micro_batch, distributed.rank, distributed.world_size,
-                              args.seed, position, args.max_predictions_per_seq)
+                              args.seed, position, limits,
+                              pin_memory=distributed.device.type == "cuda")
 
 
 # ----------------------------------------------------------------------------- training

@@ -21,7 +21,7 @@ import pytest
 from conftest import REPO, SAMPLE, write_vocab
 from data import bertPrep, downloader, sharding, text_formatting
 from data.fetch import DownloadError, UnsafeArchiveError, extract_archive, fetch
-from pretraining_data import read_shard
+from pretraining_data import ShardLimits, read_shard
 
 # ----------------------------------------------------------------------------- downloads
 
@@ -360,7 +360,7 @@ def test_create_hdf5_files_makes_shards_run_pretraining_reads(articles, tmp_path
     assert [p.name for p in training] == ["sample_training_0.hdf5", "sample_training_1.hdf5"]
     assert [p.name for p in test] == ["sample_test_0.hdf5"]
     for shard in training + test:
-        arrays = read_shard(shard, max_pred_length=10)
+        arrays = read_shard(shard, ShardLimits(max_seq_length=64, max_predictions_per_seq=10))
         count = len(arrays["input_ids"])
         assert count > 50
         assert arrays["input_ids"].shape == (count, 64)
