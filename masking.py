@@ -126,13 +126,15 @@ def _mix(x):
 class DynamicMasking:
     """Re-masks instances of NVIDIA-schema shards: the original tokens are input_ids with
     masked_lm_ids put back at masked_lm_positions; new positions and replacements are drawn
-    with InstanceRandom(seed, epoch, instance ids)."""
+    with InstanceRandom(seed, epoch, instance ids). The prediction budget is the shards'
+    masked_lm_positions width, so the arrays keep their shapes."""
 
-    def __init__(self, vocab, options, seed):
+    def __init__(self, vocab, masked_lm_prob, whole_word_masking, seed):
         absent = [token for token in SPECIAL_TOKENS if token not in vocab]
         if absent:
             raise ValueError(f"--dynamic_masking: the vocabulary lacks {absent}")
-        self.options, self.seed = options, seed
+        self.masked_lm_prob, self.whole_word_masking = masked_lm_prob, whole_word_masking
+        self.seed = seed
         self.vocab_size = len(vocab)
         self.mask_id = vocab["[MASK]"]
         self.special_ids = [vocab["[CLS]"], vocab["[SEP]"]]
@@ -142,10 +144,12 @@ class DynamicMasking:
         """arrays: the six HDF5 datasets of some rows (left unchanged); returns new
         input_ids, masked_lm_positions and masked_lm_ids for them, the rest as given."""
         input_ids = original_tokens(arrays)
+        options = MaskingOptions(arrays["masked_lm_positions"].shape[1], self.masked_lm_prob,
+                                 self.whole_word_masking)
         rng = InstanceRandom(self.seed, epoch, instance_ids)
-        positions, valid = choose_masked_positions(input_ids, arrays["input_mask"], self.options,
+        positions, valid = choose_masked_positions(input_ids, arrays["input_mask"], options,
                                                    self.special_ids, self.is_subword, rng)
-        masked_lm_ids = apply_masks(input_ids, positions, valid, self.options, self.mask_id,
+        masked_lm_ids = apply_masks(input_ids, positions, valid, options, self.mask_id,
                                     self.vocab_size, rng)
         dtype = arrays["masked_lm_positions"].dtype
         return {**arrays, "input_ids": input_ids.astype(arrays["input_ids"].dtype),

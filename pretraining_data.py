@@ -33,6 +33,8 @@ Deliberate deviations from NVIDIA's loader:
   --max_predictions_per_seq wide, and token ids must be below the config's vocab_size
   (NVIDIA's loader trains whatever the shards hold; a bad id surfaces as a device-side
   assert).
+- With dynamic masking (masking.DynamicMasking) the reader process masks its rows anew for
+  each epoch, keyed by (file, row on disk), before the rank sees them.
 - LDDL shards resume at epoch granularity (as NVIDIA's LDDL path does).
 """
 
@@ -196,6 +198,7 @@ class ReadRequest:
     micro_batch: int
     rank: int
     world_size: int
+    file_id: int = 0  # the file's place among the run's input files: instances' identity
 
     def row_ranges(self, count):
         """(global batches in the file, [(start, stop)] rows of this rank on disk)."""
@@ -279,8 +282,9 @@ def bytes_read_so_far():
         return 0
 
 
-def read_share(request, limits):
-    """In the reader process: (SharedShard, file descriptor or None) of the request."""
+def read_share(request, limits, masking=None):
+    """In the reader process: (SharedShard, file descriptor or None) of the request; with
+    `masking` (masking.DynamicMasking), the rows are masked anew for the request's epoch."""
     started = bytes_read_so_far()
     with open_shard(request.path) as f:
         count = check_layout(f, request.path, limits)
@@ -291,7 +295,8 @@ def read_share(request, limits):
                               batches, request.micro_batch)
         descriptor = anonymous_file(size)
         try:  # the mapping goes with fill's views (a `with` could not close it under them)
-            fill(mmap.mmap(descriptor, size), fields, f, ranges, request, batches, limits)
+            fill(mmap.mmap(descriptor, size), fields, f, ranges, request, batches, limits,
+                 masking)
         except BaseException:
             os.close(descriptor)
             raise
@@ -299,7 +304,7 @@ def read_share(request, limits):
     return shard, descriptor
 
 
-def fill(memory, fields, f, ranges, request, batches, limits):
+def fill(memory, fields, f, ranges, request, batches, limits, masking=None):
     arrays = views(memory, fields)
     for key in KEYS:
         written = 0
@@ -308,10 +313,27 @@ def fill(memory, fields, f, ranges, request, batches, limits):
             f[key].read_direct(arrays[key], np.s_[start:stop], np.s_[written:written + rows])
             written += rows
     check_values(arrays, request.path, limits)
+    if masking is not None:
+        remask(arrays, np.concatenate([np.arange(a, b) for a, b in ranges]), request, masking)
     arrays["slots"][...] = request.slots(batches)
 
 
-def serve_reads(connection, rank_pid, limits):
+REMASK_ROWS = 8192  # rows re-masked at a time: bounds the int64 temporaries
+
+
+def remask(arrays, rows_on_disk, request, masking):
+    """Dynamic masking in place: each instance, identified by (its file, its row on disk),
+    gets the mask of (seed, epoch, instance), whichever rank reads it and when."""
+    instance_ids = (np.uint64(request.file_id) << np.uint64(32)) | rows_on_disk.astype(np.uint64)
+    for start in range(0, len(rows_on_disk), REMASK_ROWS):
+        block = slice(start, start + REMASK_ROWS)
+        masked = masking({key: arrays[key][block] for key in KEYS}, request.epoch,
+                         instance_ids[block])
+        for key in ("input_ids", "masked_lm_positions", "masked_lm_ids"):
+            arrays[key][block] = masked[key]
+
+
+def serve_reads(connection, rank_pid, limits, masking=None):
     """The reader process: answers each ReadRequest with ('ok', SharedShard) and the
     memory's descriptor, or ('error', message) for a bad shard."""
     follow_rank(rank_pid)
@@ -321,7 +343,7 @@ def serve_reads(connection, rank_pid, limits):
         except EOFError:  # the rank closed its end
             return
         try:
-            shard, descriptor = read_share(request, limits)
+            shard, descriptor = read_share(request, limits, masking)
         except ValueError as error:
             connection.send(("error", str(error)))
             continue
@@ -360,11 +382,11 @@ def stop_reader(process, connection):
 class ShardReader:
     """The rank's end of the background reader: one request in flight at a time."""
 
-    def __init__(self, limits):
+    def __init__(self, limits, masking=None):
         context = multiprocessing.get_context("fork")
         self.connection, child_end = context.Pipe()
         self.process = context.Process(target=serve_reads, name="hdf5-reader",
-                                       args=(child_end, os.getpid(), limits))
+                                       args=(child_end, os.getpid(), limits, masking))
         self.process.start()
         child_end.close()
         # Runs at close(), when this object is collected, or at exit before multiprocessing
@@ -405,12 +427,12 @@ class PretrainingBatches:
     page-locked memory when pin_memory (so that copies to the GPU can overlap)."""
 
     def __init__(self, files, micro_batch, rank, world_size, seed, position=None,
-                 limits=ShardLimits(), pin_memory=False):
+                 limits=ShardLimits(), pin_memory=False, masking=None):
         self.files = list(files)
         self.micro_batch, self.rank, self.world_size = micro_batch, rank, world_size
         self.seed, self.limits, self.pin_memory = seed, limits, pin_memory
         self.position = position or Position()
-        self.reader = ShardReader(limits)
+        self.reader = ShardReader(limits, masking)
         self.in_flight = None  # the request the reader is working on
         self.bytes_read = 0    # from the shard files, by this rank's reader
 
@@ -418,9 +440,9 @@ class PretrainingBatches:
         return np.random.default_rng([self.seed, epoch]).permutation(len(self.files))
 
     def _request(self, epoch, file_index):
-        path = self.files[self.file_order(epoch)[file_index]]
-        return ReadRequest(path, self.seed, epoch, file_index, self.micro_batch, self.rank,
-                           self.world_size)
+        file_id = int(self.file_order(epoch)[file_index])
+        return ReadRequest(self.files[file_id], self.seed, epoch, file_index, self.micro_batch,
+                           self.rank, self.world_size, file_id)
 
     def _next_file(self, epoch, file_index):
         return (epoch, file_index + 1) if file_index + 1 < len(self.files) else (epoch + 1, 0)

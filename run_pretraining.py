@@ -24,14 +24,22 @@ Deliberate deviations from NVIDIA's run_pretraining.py:
   gives the weights only: optimizer and schedule start fresh and steps count from
   --phase1_end_step in file names; a phase-2 checkpoint is resumed fully (NVIDIA's
   --resume_phase2 is implied).
-- Steps skipped by the fp16 loss scaler (overflow) do not count, as NVIDIA's "dynamic step".
+- Steps skipped by the fp16 loss scaler (overflow) do not count, as NVIDIA's "dynamic step";
+  --max_skipped_steps (100) of them in a row stop the run with an error (a loss that never
+  becomes finite would otherwise halve the scale to zero, skipping forever).
 - Retention keeps the newest three checkpoints of the running phase (--keep_checkpoints;
   phase 1's stay when phase 2 saves); phase 1 asked to resume where phase 2 has begun does
   nothing.
 - --allreduce_post_accumulation_fp16 compresses the gradients to fp16 for the all-reduce
-  (a DDP hook) instead of casting the model to fp16.
+  (a DDP hook that divides by the world size before the cast, so a rank's gradient above
+  fp16's range whose mean fits survives) instead of casting the model to fp16.
+- Leftover temporary files of checkpoint saves that were killed are removed at start, and
+  --output_dir is checked writable before any work.
 - The model pads its vocabulary to a multiple of --pad_vocab_to_multiple_of (8); exported and
   fine-tuned models drop the padding rows again.
+- --dynamic_masking (not in NVIDIA's HDF5 path; RoBERTa's practice) masks each instance anew
+  every time it is served, from the tokens the shard stores, as a function of (seed, epoch,
+  instance): the same for any number of ranks, and resume stays exact.
 - A run stopped by a signal exits with status 75 after its checkpoint, not 0, so that a
   wrapper does not take an unfinished phase 1 for a finished one.
 """
@@ -45,6 +53,7 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 
 import utils
+from masking import DynamicMasking
 from model import BertConfig, BertForPreTraining, add_batch_indices, load_checkpoint
 from optimization import (
     lamb_kind,
@@ -60,6 +69,7 @@ from pretraining_data import (
     ShardLimits,
     find_input_files,
 )
+from tokenization import load_vocab
 from utils import logger
 
 PREEMPTED_EXIT_STATUS = 75  # os.EX_TEMPFAIL: saved after a signal, not finished
@@ -260,12 +270,19 @@ def make_batches(args, distributed, micro_batch, position):
     limits = ShardLimits(args.max_seq_length, args.max_predictions_per_seq, config.vocab_size,
                          config.max_position_embeddings)
     if kind == "parquet":
+        if args.dynamic_masking:
+            raise ValueError(f"--dynamic_masking is for HDF5 shards; --input_dir "
+                             f"{args.input_dir} holds LDDL shards, which its loader masks "
+                             "anew at every load already")
         return LddlBatches(files, args.vocab_file, micro_batch, distributed.local_rank,
                            distributed.world_size, args.seed, position, args.num_workers,
                            f"{args.output_dir}/lddl_log", limits)
+    masking = (DynamicMasking(load_vocab(args.vocab_file), args.masked_lm_prob,
+                              args.whole_word_masking, args.seed)
+               if args.dynamic_masking else None)
     return PretrainingBatches(files, micro_batch, distributed.rank, distributed.world_size,
                               args.seed, position, limits,
-                              pin_memory=distributed.device.type == "cuda")
+                              pin_memory=distributed.device.type == "cuda", masking=masking)
 
 
 # ----------------------------------------------------------------------------- training

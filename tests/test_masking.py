@@ -1,20 +1,27 @@
 """Dynamic masking (run_pretraining.py --dynamic_masking): BERT's statistics, the original
-tokens restored, and masks that are a function of (seed, epoch, instance) only."""
+tokens restored, masks that are a function of (seed, epoch, instance) only, the same for
+any number of ranks, and exact resume with them."""
 
 import numpy as np
+import pytest
+import torch
 
-from masking import DynamicMasking, InstanceRandom, MaskingOptions, original_tokens
+import run_pretraining
+from masking import DynamicMasking, InstanceRandom, original_tokens
+from pretraining_data import PretrainingBatches, find_input_files
+from tokenization import load_vocab
 from test_create_pretraining_data import (  # noqa: F401 - the module's fixtures
     assert_bert_masking,
     corpus,
     instances,
     unmasked,
 )
+from test_run_pretraining import args_for, logged_losses, shards  # noqa: F401 - a fixture
 
 
 def remasker(ids, seed=5, whole_word_masking=False):
     vocab = dict(sorted(ids.items(), key=lambda item: item[1]))
-    return DynamicMasking(vocab, MaskingOptions(20, 0.15, whole_word_masking), seed)
+    return DynamicMasking(vocab, 0.15, whole_word_masking, seed)
 
 
 def test_original_tokens_undo_the_stored_masks(instances):
@@ -77,3 +84,52 @@ def test_instance_random_is_uniform_and_independent_of_the_batch():
     assert (subset == draws[[5, 17]]).all()
     integers = InstanceRandom(2, 0, np.arange(10000)).integers(0, 7, (10000, 3))
     assert set(np.unique(integers)) == set(range(7))
+
+
+# ----------------------------------------------------------------------------- in the reader
+
+def dynamic_batches(data_dir, vocab, micro_batch, rank, world_size):
+    _, files = find_input_files(data_dir)
+    masking = DynamicMasking(load_vocab(vocab), 0.15, False, seed=3)
+    return PretrainingBatches(files, micro_batch, rank, world_size, seed=3, masking=masking)
+
+
+def first_batches(batches, count):
+    stream = iter(batches)
+    try:
+        return [next(stream) for _ in range(count)]
+    finally:
+        batches.close()
+
+
+def test_dynamic_masks_are_the_same_for_any_number_of_ranks(shards):
+    data_dir, config = shards
+    vocab = config.parent / "vocab.txt"
+    one = first_batches(dynamic_batches(data_dir, vocab, 8, 0, 1), 6)
+    ranks = [first_batches(dynamic_batches(data_dir, vocab, 4, rank, 2), 6) for rank in (0, 1)]
+    _, files = find_input_files(data_dir)
+    stored = first_batches(PretrainingBatches(files, 8, 0, 1, seed=3), 6)
+    for whole, halves, static in zip(one, zip(*ranks), stored):
+        for key, tensor in whole.items():
+            assert torch.equal(tensor, torch.cat([half[key] for half in halves])), key
+        assert torch.equal(whole["attention_mask"], static["attention_mask"])
+        assert not torch.equal(whole["masked_lm_labels"], static["masked_lm_labels"])
+
+
+def test_pretraining_with_dynamic_masks_resumes_exactly(shards, tmp_path):
+    data_dir, config = shards
+    dynamic = ["--dynamic_masking", "--vocab_file", config.parent / "vocab.txt"]
+    run_pretraining.main(args_for(data_dir, config, tmp_path / "whole", *dynamic))
+    run_pretraining.main(args_for(data_dir, config, tmp_path / "split", *dynamic,
+                                  "--steps_this_run", 4))
+    run_pretraining.main(args_for(data_dir, config, tmp_path / "split", *dynamic,
+                                  "--resume_from_checkpoint"))
+    run_pretraining.main(args_for(data_dir, config, tmp_path / "static"))
+    whole, split = logged_losses(tmp_path / "whole"), logged_losses(tmp_path / "split")
+    assert split == whole and len(whole) == 8
+    assert whole != logged_losses(tmp_path / "static")
+
+
+def test_dynamic_masking_needs_the_vocabulary(shards, tmp_path):
+    with pytest.raises(ValueError, match="--dynamic_masking needs --vocab_file"):
+        run_pretraining.main(args_for(*shards, tmp_path, "--dynamic_masking"))

@@ -289,10 +289,10 @@ from pathlib import Path
 import pretraining_data
 if sys.argv[1] == "slow":  # every read after the first takes a minute
     fast = pretraining_data.read_share
-    def slow(request, limits):
+    def slow(request, *options):
         if request.file_index:
             time.sleep(60)
-        return fast(request, limits)
+        return fast(request, *options)
     pretraining_data.read_share = slow
 batches = pretraining_data.PretrainingBatches([Path(p) for p in sys.argv[3:]], 4, 0, 1, 0)
 next(iter(batches))  # the second file is being read now
