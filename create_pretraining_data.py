@@ -38,7 +38,6 @@ Deliberate deviations from Google's/NVIDIA's script:
 
 import argparse
 import bisect
-import ctypes
 import functools
 import glob
 import itertools
@@ -47,8 +46,6 @@ import multiprocessing
 import os
 import random
 import re
-import signal
-import sys
 import time
 from collections import deque
 from concurrent.futures import ProcessPoolExecutor
@@ -432,18 +429,8 @@ def process_shard(text, shard_index, options, output_file, single):
 
 # ----------------------------------------------------------------------------- main
 
-def die_with_parent(parent_pid):
-    """Makes this (forked) process die with its parent: Linux sends it SIGKILL when the
-    parent ends (PR_SET_PDEATHSIG), so a killed run (kill -9, an OOM kill) leaves no orphan
-    working on. Elsewhere it does nothing."""
-    if sys.platform.startswith("linux"):
-        ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG
-    if os.getppid() != parent_pid:  # the parent was gone before prctl
-        os._exit(1)
-
-
 def _init_worker(parent_pid):
-    die_with_parent(parent_pid)
+    utils.die_with_parent(parent_pid)
     # The processes already use every core; the tokenizer's own threads would oversubscribe.
     os.environ["TOKENIZERS_PARALLELISM"] = "false"
 
@@ -466,7 +453,7 @@ def run_shards(shards, options, args, single, progress):
         for index, (text, size) in enumerate(shards):
             record(process_shard(text, index, options, args.output_file, single), size)
         return totals
-    # fork: a worker's parent is this process, which die_with_parent checks.
+    # fork: a worker's parent is this process, which utils.die_with_parent checks.
     with ProcessPoolExecutor(num_workers, mp_context=multiprocessing.get_context("fork"),
                              initializer=_init_worker, initargs=(os.getpid(),)) as pool:
         pending = deque()

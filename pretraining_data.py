@@ -38,7 +38,6 @@ Deliberate deviations from NVIDIA's loader:
 - LDDL shards resume at epoch granularity (as NVIDIA's LDDL path does).
 """
 
-import ctypes
 import logging
 import mmap
 import multiprocessing
@@ -47,7 +46,6 @@ import multiprocessing.util
 import os
 import re
 import signal
-import sys
 import tempfile
 import traceback
 from dataclasses import dataclass, field
@@ -56,6 +54,8 @@ from pathlib import Path
 import h5py
 import numpy as np
 import torch
+
+import utils
 
 KEYS = ("input_ids", "input_mask", "segment_ids", "masked_lm_positions", "masked_lm_ids",
         "next_sentence_labels")
@@ -363,10 +363,7 @@ def follow_rank(rank_pid):
     the job's output open when the rank is killed."""
     for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1):
         signal.signal(signum, signal.SIG_IGN)
-    if sys.platform.startswith("linux"):
-        ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG
-    if os.getppid() != rank_pid:  # the rank was gone before prctl
-        os._exit(1)
+    utils.die_with_parent(rank_pid)
 
 
 def stop_reader(process, connection):
