@@ -38,6 +38,7 @@ import argparse
 import csv
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -53,7 +54,8 @@ import create_pretraining_data as cpd  # noqa: E402
 import utils  # noqa: E402
 from model import BertConfig, BertForPreTraining, load_checkpoint  # noqa: E402
 from optimization import make_lamb, param_groups, poly_warmup_schedule  # noqa: E402
-from pretraining_data import PretrainingBatches, find_input_files, read_shard, to_batch  # noqa: E402
+import run_pretraining  # noqa: E402
+from pretraining_data import Position, read_shard, to_batch  # noqa: E402
 
 CORPUS = REPO.parent / "shared" / "data" / "pretrain" / "corpus.txt"
 # The recipe for a 2-core CPU and a 30-minute budget: a model small enough to take several
@@ -150,24 +152,43 @@ def precision():
 
 # ----------------------------------------------------------------------------- ours
 
-def run_ours(args, data, config_file, init, folder, max_steps, checkpoint_every, precision):
-    """run_pretraining.py in its own process, as a user runs it; returns per-step
-    (step, loss) and (step, elapsed seconds) from its dllogger file."""
-    output = folder / "ours"
-    command = [sys.executable, str(REPO / "run_pretraining.py"), "--input_dir", str(data),
-               "--config_file", str(config_file), "--output_dir", str(output),
-               "--init_checkpoint", str(init), "--vocab_file", str(args.vocab_file),
-               "--max_seq_length", str(SEQ), "--max_predictions_per_seq", str(PREDICTIONS),
-               "--train_batch_size", str(args.batch_size), "--learning_rate",
-               str(args.learning_rate), "--warmup_proportion", str(args.warmup_proportion),
-               "--max_steps", str(max_steps), "--num_steps_per_checkpoint",
-               str(checkpoint_every), "--keep_checkpoints", "0", "--seed", str(args.seed),
-               "--pad_vocab_to_multiple_of", "1", "--log_freq", "1", "--disable_progress_bar"]
+def fresh_folder(path):
+    """A run's output folder, emptied: a rerun of the benchmark starts over."""
+    shutil.rmtree(path, ignore_errors=True)
+    path.mkdir(parents=True)
+    return path
+
+
+def pretraining_arguments(args, data, config_file, init, output, max_steps, checkpoint_every,
+                          precision):
+    """run_pretraining.py's command line for this comparison (the peer's reader is built
+    from the same arguments)."""
+    arguments = ["--input_dir", str(data), "--config_file", str(config_file),
+                 "--output_dir", str(output), "--init_checkpoint", str(init),
+                 "--vocab_file", str(args.vocab_file), "--max_seq_length", str(SEQ),
+                 "--max_predictions_per_seq", str(PREDICTIONS),
+                 "--train_batch_size", str(args.batch_size),
+                 "--learning_rate", str(args.learning_rate),
+                 "--warmup_proportion", str(args.warmup_proportion),
+                 "--max_steps", str(max_steps), "--num_steps_per_checkpoint",
+                 str(checkpoint_every), "--keep_checkpoints", "0", "--seed", str(args.seed),
+                 "--pad_vocab_to_multiple_of", "1", "--log_freq", "1", "--disable_progress_bar"]
     if args.dynamic_masking:
-        command.append("--dynamic_masking")
+        arguments.append("--dynamic_masking")
     if precision == "bf16":
-        command.append("--bf16")
-    subprocess.run(command, check=True, cwd=REPO)
+        arguments.append("--bf16")
+    return arguments
+
+
+def run_ours(args, data, config_file, init, output, max_steps, checkpoint_every, precision):
+    """run_pretraining.py in its own process, as a user runs it; returns per-step
+    (step, loss, seconds since its metric logger started) from its dllogger file, and its
+    checkpoints."""
+    fresh_folder(output)
+    arguments = pretraining_arguments(args, data, config_file, init, output, max_steps,
+                                      checkpoint_every, precision)
+    subprocess.run([sys.executable, str(REPO / "run_pretraining.py"), *arguments], check=True,
+                   cwd=REPO)
     steps = []
     for line in (output / "dllogger.json").read_text().splitlines():
         record = json.loads(line.removeprefix("DLLL "))
@@ -179,35 +200,33 @@ def run_ours(args, data, config_file, init, folder, max_steps, checkpoint_every,
 # ----------------------------------------------------------------------------- transformers
 
 class InstanceStream(torch.utils.data.IterableDataset):
-    """Our reader's micro-batches (the same instances in the same order as ours) under
-    Hugging Face's argument names; -100 marks unmasked positions."""
+    """The instances of our reader's micro-batches, built by run_pretraining.make_batches
+    from the same arguments as ours (the same instances, masks and order), one at a time
+    under Hugging Face's argument names (-100 marks unmasked positions); Trainer's loader
+    stacks them back into the same batches."""
 
-    def __init__(self, data, batch_size, seed, vocab_file, dynamic_masking):
-        self.data, self.batch_size, self.seed = data, batch_size, seed
-        self.vocab_file, self.dynamic_masking = vocab_file, dynamic_masking
+    def __init__(self, pretraining_args):
+        self.pretraining_args = pretraining_args
 
     def __iter__(self):
-        _, files = find_input_files(self.data)
-        batches = PretrainingBatches(files, self.batch_size, 0, 1, self.seed, None, PREDICTIONS,
-                                     **reader_masking(self.vocab_file, self.dynamic_masking))
+        args = run_pretraining.parse_args(self.pretraining_args)
+        single = utils.Distributed(0, 0, 1, torch.device("cpu"))
+        batches = run_pretraining.make_batches(args, single, args.train_batch_size, Position())
         try:
             for batch in batches:
-                yield {"input_ids": batch["input_ids"],
-                       "token_type_ids": batch["token_type_ids"],
-                       "attention_mask": batch["attention_mask"],
-                       "labels": batch["masked_lm_labels"].masked_fill(
-                           batch["masked_lm_labels"] < 0, -100),
-                       "next_sentence_label": batch["next_sentence_labels"]}
+                renamed = {"input_ids": batch["input_ids"],
+                           "token_type_ids": batch["token_type_ids"],
+                           "attention_mask": batch["attention_mask"],
+                           "labels": batch["masked_lm_labels"].masked_fill(
+                               batch["masked_lm_labels"] < 0, -100),
+                           "next_sentence_label": batch["next_sentence_labels"]}
+                for row in range(len(renamed["input_ids"])):
+                    yield {name: tensor[row] for name, tensor in renamed.items()}
         finally:
             batches.close()
 
 
-def reader_masking(vocab_file, dynamic_masking):
-    """The reader's keyword arguments for dynamic masking, as run_pretraining.py sets them."""
-    return {"dynamic_masking": dynamic_masking, "vocab_file": vocab_file}
-
-
-def run_transformers(args, data, config_file, init, folder, max_steps, checkpoint_every,
+def run_transformers(args, data, config_file, init, output, max_steps, checkpoint_every,
                      precision):
     """BertForPreTraining trained by Trainer with our LAMB and schedule; returns per-step
     (step, loss, seconds since start) and its checkpoint folders."""
@@ -221,7 +240,7 @@ def run_transformers(args, data, config_file, init, folder, max_steps, checkpoin
     optimizer = make_lamb(param_groups(model, weight_decay=0.01), lr=args.learning_rate,
                           prefer_apex=False)
     scheduler = poly_warmup_schedule(optimizer, args.warmup_proportion, max_steps)
-    output = folder / "transformers"
+    fresh_folder(output)
     training_args = transformers.TrainingArguments(
         output_dir=str(output), per_device_train_batch_size=args.batch_size,
         max_steps=max_steps, logging_steps=1, save_steps=checkpoint_every,
@@ -229,31 +248,46 @@ def run_transformers(args, data, config_file, init, folder, max_steps, checkpoin
         use_cpu=not torch.cuda.is_available(), max_grad_norm=0.0, report_to=[],
         dataloader_num_workers=0, seed=args.seed, disable_tqdm=True,
         remove_unused_columns=False)
-    clock = StepClock()
+    clock = step_clock(model)
     trainer = transformers.Trainer(
         model=model, args=training_args, optimizers=(optimizer, scheduler), callbacks=[clock],
-        train_dataset=InstanceStream(data, args.batch_size, args.seed, str(args.vocab_file),
-                                     args.dynamic_masking),
-        data_collator=lambda features: features[0])
+        train_dataset=InstanceStream(pretraining_arguments(
+            args, data, config_file, init, output, max_steps, checkpoint_every, precision)),
+        data_collator=stack_instances)
     trainer.train()
     checkpoints = sorted(output.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
     return clock.steps, checkpoints
 
 
-class StepClock:
-    """A Trainer callback: (step, loss, seconds since start) of every step."""
+def stack_instances(instances):
+    return {name: torch.stack([instance[name] for instance in instances])
+            for name in instances[0]}
 
-    def __init__(self):
-        import transformers
-        self.__class__ = type("StepClock", (StepClock, transformers.TrainerCallback), {})
-        self.steps, self.start = [], None
 
-    def on_train_begin(self, *args, **kwargs):
-        self.start = time.monotonic()
+def step_clock(model):
+    """A Trainer callback that records (step, loss, seconds since the start) of every step.
+    The loss is the model's own output, kept on the device until the end (Trainer's logs
+    round it to four digits)."""
+    import transformers
 
-    def on_log(self, args, state, control, logs=None, **kwargs):
-        if logs and "loss" in logs:
-            self.steps.append((state.global_step, logs["loss"], time.monotonic() - self.start))
+    class StepClock(transformers.TrainerCallback):
+        def __init__(self):
+            self.times, self.losses, self.start = [], [], None
+            model.register_forward_hook(
+                lambda module, inputs, output: self.losses.append(output.loss.detach()))
+
+        def on_train_begin(self, *args, **kwargs):
+            self.start = time.monotonic()
+
+        def on_step_end(self, args, state, control, **kwargs):
+            self.times.append((state.global_step, time.monotonic() - self.start))
+
+        @property
+        def steps(self):
+            return [(step, float(loss), seconds)
+                    for (step, seconds), loss in zip(self.times, self.losses)]
+
+    return StepClock()
 
 
 # ----------------------------------------------------------------------------- evaluation
@@ -326,10 +360,12 @@ def time_to_reach(points, accuracy):
 def report(results):
     """The printed table: accuracy at fixed minutes, throughput, time-to-accuracy ratio."""
     runs = results["runs"]
-    lines = ["| run | " + " | ".join(f"{m} min" for m in REPORT_MINUTES)
-             + " | steps | sequences/s |", "|---" * (len(REPORT_MINUTES) + 3) + "|"]
+    minutes = [m for m in REPORT_MINUTES if 60 * m <= results["budget_seconds"]] or \
+        [results["budget_seconds"] / 60]
+    lines = ["| run | " + " | ".join(f"{m:g} min" for m in minutes)
+             + " | steps | sequences/s |", "|---" * (len(minutes) + 3) + "|"]
     for name, run in runs.items():
-        cells = [accuracy_at(run["curve"], 60 * m) for m in REPORT_MINUTES]
+        cells = [accuracy_at(run["curve"], 60 * m) for m in minutes]
         lines.append(f"| {name} | " + " | ".join("-" if c is None else f"{c:.4f}" for c in cells)
                      + f" | {run['curve'][-1][1] if run['curve'] else 0} | "
                      f"{run['sequences_per_second']:.1f} |")

@@ -1,0 +1,91 @@
+"""bench/time_to_accuracy.py's parts on a tiny config: the held-out evaluation against the
+model's own loss, the report's arithmetic, the output files, and the premise of the
+comparison: ours and transformers' Trainer take the same steps."""
+
+import json
+import sys
+
+import pytest
+import torch
+
+from conftest import REPO, sample_documents, write_pretraining_inputs, write_vocab
+
+sys.path.insert(0, str(REPO / "bench"))
+import time_to_accuracy as tta  # noqa: E402
+from model import BertConfig, BertForPreTraining  # noqa: E402
+from pretraining_data import read_shard, to_batch  # noqa: E402
+
+SEQ, PREDICTIONS = 48, 8
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("tta")
+    _, config = write_pretraining_inputs(folder, {"hdf5": (SEQ, PREDICTIONS)})
+    return folder, config
+
+
+def test_evaluation_counts_every_masked_token(tiny, tmp_path):
+    folder, config = tiny
+    shard = sorted((folder / "hdf5").glob("*.hdf5"))[0]
+    torch.manual_seed(0)
+    model = BertForPreTraining(BertConfig.from_json_file(config)).eval()
+    torch.save({"model": model.state_dict()}, tmp_path / "ckpt.pt")
+    result = tta.evaluate(tmp_path / "ckpt.pt", config, shard, batch_size=7)
+
+    batch = to_batch(read_shard(shard))
+    with torch.no_grad():
+        _, masked_lm_loss, _ = model(**batch)  # the mean over every masked token
+        scores, nsp_scores = model(batch["input_ids"], batch["token_type_ids"],
+                                   batch["attention_mask"])
+    labels = batch["masked_lm_labels"]
+    right = sum(int(scores[row, column].argmax() == labels[row, column])
+                for row, column in (labels >= 0).nonzero().tolist())
+    assert result["masked_tokens"] == int((labels >= 0).sum())
+    assert result["mlm_accuracy"] == right / result["masked_tokens"]
+    assert result["mlm_loss"] == pytest.approx(float(masked_lm_loss), rel=1e-5)
+    nsp = (nsp_scores.argmax(-1) == batch["next_sentence_labels"]).float().mean()
+    assert result["nsp_accuracy"] == pytest.approx(float(nsp))
+
+
+RESULTS = {"budget_seconds": 1800, "runs": {
+    "ours": {"curve": [[300, 100, 0.10, 6.0], [900, 300, 0.20, 5.0], [1800, 600, 0.31, 4.0]],
+             "sequences_per_second": 40.0},
+    "transformers": {"curve": [[600, 50, 0.08, 6.5], [1800, 150, 0.20, 5.1]],
+                     "sequences_per_second": 12.0}}}
+
+
+def test_report_reads_accuracy_at_each_time_and_the_time_to_the_peers_accuracy():
+    table = tta.report(RESULTS)
+    assert "| ours | 0.1000 | 0.1000 | 0.2000 | 0.3100 | 600 | 40.0 |" in table
+    assert "| transformers | - | 0.0800 | 0.0800 | 0.2000 | 150 | 12.0 |" in table
+    assert "in 900 s: time-to-accuracy ratio 2.00x" in table
+
+
+def test_outputs_are_written_in_the_documented_shape(tmp_path):
+    tta.write_outputs(RESULTS, tmp_path)
+    assert json.loads((tmp_path / "results.json").read_text()) == RESULTS
+    rows = (tmp_path / "results.csv").read_text().splitlines()
+    assert rows[0] == "run,train_seconds,step,held_out_mlm_accuracy,held_out_mlm_loss"
+    assert rows[1:] == ["ours,300,100,0.1,6.0", "ours,900,300,0.2,5.0", "ours,1800,600,0.31,4.0",
+                        "transformers,600,50,0.08,6.5", "transformers,1800,150,0.2,5.1"]
+    assert (tmp_path / "accuracy.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_ours_and_trainer_take_the_same_steps(tmp_path, monkeypatch):
+    """--equal_steps on a tiny model: fp32, dropout off, the same data, weights, LAMB and
+    schedule give the same per-step losses (to float rounding)."""
+    pytest.importorskip("accelerate")
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text(sample_documents(6, lines_per_document=40), encoding="utf-8")
+    vocab = write_vocab(tmp_path / "vocab.txt", corpus.read_text())
+    monkeypatch.setattr(tta, "MODEL", {"hidden_size": 32, "num_hidden_layers": 2,
+                                       "num_attention_heads": 4, "intermediate_size": 37,
+                                       "max_position_embeddings": 64})
+    monkeypatch.setattr(tta, "SEQ", SEQ)
+    monkeypatch.setattr(tta, "PREDICTIONS", PREDICTIONS)
+    difference = tta.main(tta.parse_args([
+        "--corpus", str(corpus), "--vocab_file", str(vocab), "--held_out_documents", "1",
+        "--dupe_factor", "2", "--batch_size", "8", "--equal_steps", "4",
+        "--output_dir", str(tmp_path / "out")]))
+    assert difference < 1e-4
