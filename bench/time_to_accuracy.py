@@ -76,7 +76,7 @@ def parse_args(argv=None):
     parser.add_argument("--held_out_documents", type=int, default=8)
     parser.add_argument("--dupe_factor", type=int, default=5)
     parser.add_argument("--batch_size", type=int, default=64)
-    parser.add_argument("--learning_rate", type=float, default=6e-3)
+    parser.add_argument("--learning_rate", type=float, default=4e-3)
     parser.add_argument("--warmup_proportion", type=float, default=0.02)
     parser.add_argument("--dropout", type=float, default=0.0,
                         help="hidden and attention dropout in pre-training")
