@@ -32,6 +32,18 @@ printed table: accuracy at 5, 10, 20 and 30 minutes, steps and sequences/s of ea
 time ours takes to reach the peer's final accuracy, and that ratio.
 
 Needs (benchmark only): transformers, accelerate (Trainer) and matplotlib.
+
+Measured (2026-12-01, the 2-core CPU, torch 2.13, bf16, defaults: 4-layer/256, batch 64,
+LAMB 4e-3, warm-up 0.02, dropout 0, dynamic masking, dupe 5; 112,508 training instances,
+318 held out with 5,873 masked tokens): ours 908 steps at 41.1 seq/s, held-out masked-LM
+accuracy 0.088 / 0.143 / 0.194 / 0.201 at 5 / 10 / 20 / 23.6 min; transformers 392 steps
+at 13.9 seq/s, 0.045 / 0.087 / 0.118 / 0.139 at 5 / 10 / 20 / 30 min; ours reached 0.139
+in 594 s against the peer's 1811 s (3.05x). NSP accuracy stays near chance (0.45-0.57) on
+the held-out documents for both. --equal_steps 5 (fp32, dropout off): largest per-step loss
+difference 1.9e-6. What limits accuracy here: about 900 steps of 64 sequences in the
+budget (the issue asks for 30%; a smaller vocabulary or a higher learning rate are the
+next things to try); an 8-step calibration underestimates the rate, so ours' schedule
+ended at 23.6 of the 30 minutes.
 """
 
 import argparse
