@@ -12,6 +12,7 @@ from pretraining_data import PretrainingBatches, find_input_files
 from tokenization import load_vocab
 from test_create_pretraining_data import (  # noqa: F401 - the module's fixtures
     assert_bert_masking,
+    assert_whole_words_masked,
     corpus,
     instances,
     unmasked,
@@ -58,21 +59,7 @@ def test_an_instance_gets_the_same_mask_in_any_batch_and_another_in_the_next_epo
 def test_whole_word_dynamic_masks_take_every_piece_of_a_word(instances):
     data, ids = instances
     remasked = remasker(ids, whole_word_masking=True)(data, 0, np.arange(len(data["input_ids"])))
-    tokens = sorted(ids, key=ids.get)
-    is_piece = np.array([token.startswith("##") for token in tokens])
-    special = [ids["[CLS]"], ids["[SEP]"]]
-    restored, checked = original_tokens(remasked), 0
-    for row in range(len(restored)):
-        positions = remasked["masked_lm_positions"][row]
-        masked, tokens = set(positions[positions > 0]), restored[row]
-        for position in masked:  # a masked piece's neighbours in its word are masked too
-            if is_piece[tokens[position]] and tokens[position - 1] not in special:
-                checked += 1
-                assert position - 1 in masked, (row, position)
-            if position + 1 < len(tokens) and is_piece[tokens[position + 1]]:
-                checked += 1
-                assert position + 1 in masked, (row, position)
-    assert checked > 100
+    assert_whole_words_masked(remasked, sorted(ids, key=ids.get))
 
 
 def test_instance_random_is_uniform_and_independent_of_the_batch():
