@@ -21,9 +21,10 @@ Deliberate deviations from NVIDIA's BERT for PyTorch:
   math is apex ``FusedLAMB`` with its defaults (bias correction, adam_w_mode, grad_averaging,
   use_nvlamb=False, global clipping to max_grad_norm); AMSGrad, L2 mode and NVLAMB are not offered.
   Each stage is one multi-tensor pass over all parameters, whatever their number, with no host
-  sync: the per-tensor step sizes (-lr * trust ratio) are expanded to one value per element, so
-  that the last pass is a single addcmul (the transient index and values take the memory that
-  the clipped gradients have just freed). The bias corrections are folded into host scalars, as
+  sync: on accelerators the per-tensor step sizes (-lr * trust ratio) are expanded to one value
+  per element, so that the last pass is a single addcmul (the transient index and values take
+  the memory that the clipped gradients have just freed); on the CPU, where reading them costs
+  nothing, each tensor takes one add with its own step size. The bias corrections are folded into host scalars, as
   torch's Adam does, so results differ from apex's kernel in the last bits only.
 - ``make_lamb`` still picks apex's FusedLAMB when apex is installed with its compiled extension
   (amp_C; a Python-only build is not enough) and the parameters are on CUDA.
@@ -164,8 +165,8 @@ class LAMB(torch.optim.Optimizer):
 
     def _update_bucket(self, bucket, clip_divisor):
         """The LAMB update of one (device, dtype) bucket: p += step_size * u, where step_size
-        is -lr * trust_ratio per tensor, expanded to one value per element so that the last
-        pass is a single multi-tensor addcmul."""
+        is -lr * trust_ratio per tensor (see the module docstring for the two ways it is
+        applied)."""
         masters = bucket["masters"]
         grads = _scaled_grads(bucket["grads"], masters[0].dtype, clip_divisor)
         updates = []
@@ -175,12 +176,11 @@ class LAMB(torch.optim.Optimizer):
                                      bucket["steps"][start:end])
         del grads  # the clipped copies: memory for what follows
         step_sizes = _step_sizes(bucket["spans"], masters, updates)
-        numels = [master.numel() for master in masters]
-        per_element = torch.repeat_interleave(step_sizes, self._repeats(numels, step_sizes.device),
-                                              output_size=sum(numels))
-        torch._foreach_addcmul_(masters, updates, [
-            values.view(master.shape)
-            for values, master in zip(per_element.split(numels), masters)])
+        if host_reads_are_free(step_sizes.device):
+            _add_scaled_per_tensor(masters, updates, step_sizes)
+        else:
+            _add_scaled_expanded(masters, updates, step_sizes,
+                                 self._repeats([m.numel() for m in masters], step_sizes.device))
         if masters[0] is not bucket["params"][0]:
             torch._foreach_copy_(bucket["params"], masters)
 
@@ -287,6 +287,29 @@ def _step_sizes(spans, masters, updates):
             sizes.append(torch.full((end - start,), -group["lr"], dtype=trust_ratios.dtype,
                                     device=trust_ratios.device))
     return torch.cat(sizes)
+
+
+def host_reads_are_free(device):
+    """Whether Python may read a tensor on `device` without waiting for the device: on the
+    CPU only. (The tests of the accelerator paths, which run on the CPU, say no.)"""
+    return device.type == "cpu"
+
+
+def _add_scaled_per_tensor(masters, updates, step_sizes):
+    """masters[i] += step_sizes[i] * updates[i], one add per tensor: for the CPU, where
+    reading the sizes costs no device sync and foreach ops are a loop over tensors anyway
+    (the expansion below was a third of LAMB's time there)."""
+    for master, update, size in zip(masters, updates, step_sizes.tolist()):
+        master.add_(update, alpha=size)
+
+
+def _add_scaled_expanded(masters, updates, step_sizes, repeats):
+    """The same on an accelerator without a host sync: the sizes expanded to one value per
+    element (repeats: each tensor's numel, on the device), then one multi-tensor addcmul."""
+    numels = [master.numel() for master in masters]
+    per_element = torch.repeat_interleave(step_sizes, repeats, output_size=sum(numels))
+    torch._foreach_addcmul_(masters, updates, [
+        values.view(master.shape) for values, master in zip(per_element.split(numels), masters)])
 
 
 @functools.cache

