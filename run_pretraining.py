@@ -138,6 +138,9 @@ def parse_args(argv=None):
                         help="--dynamic_masking: share of each sequence's tokens masked")
     parser.add_argument("--whole_word_masking", action="store_true",
                         help="--dynamic_masking: mask whole words (all their word pieces)")
+    parser.add_argument("--no_dropout", action="store_true",
+                        help="pre-train without dropout (as recent recipes do; faster), "
+                             "whatever --config_file says; fine-tuning still reads its dropout")
     parser.add_argument("--do_train", action="store_true", help="accepted for compatibility")
     parser.add_argument("--use_env", action="store_true", help="accepted for compatibility")
     utils.add_common_args(parser)
@@ -171,6 +174,8 @@ def check_args(args):
 def build_model(args, device):
     config = BertConfig.from_json_file(args.config_file)
     config.pad_vocab_to_multiple_of = args.pad_vocab_to_multiple_of
+    if args.no_dropout:
+        config.hidden_dropout_prob = config.attention_probs_dropout_prob = 0.0
     model = BertForPreTraining(config)
     model.bert.encoder.checkpoint_activations = args.checkpoint_activations
     return model.to(device)

@@ -50,6 +50,7 @@ import argparse
 import csv
 import json
 import os
+import random
 import shutil
 import statistics
 import subprocess
@@ -70,6 +71,10 @@ import run_pretraining  # noqa: E402
 from pretraining_data import Position, read_shard, to_batch  # noqa: E402
 
 CORPUS = REPO.parent / "shared" / "data" / "pretrain" / "corpus.txt"
+SST2 = REPO.parent / "shared" / "data" / "glue" / "SST-2"
+# The transfer check: SST-2 fine-tuning from ours' last checkpoint and from random weights.
+TRANSFER = {"examples": 8000, "epochs": 1, "max_seq_length": 64, "batch_size": 32,
+            "learning_rate": 1e-4}
 # The recipe for a 2-core CPU and a 30-minute budget: a model small enough to take several
 # thousand steps, a large learning rate with a short warm-up (LAMB tolerates it).
 MODEL = {"hidden_size": 256, "num_hidden_layers": 4, "num_attention_heads": 4,
@@ -95,7 +100,8 @@ def parse_args(argv=None):
     parser.add_argument("--dynamic_masking", action=argparse.BooleanOptionalAction, default=True)
     parser.add_argument("--eval_every", type=float, default=120.0,
                         help="seconds of training between evaluated checkpoints")
-    parser.add_argument("--calibration_steps", type=int, default=8)
+    parser.add_argument("--calibration_steps", type=int, default=30,
+                        help="timed steps (after 5 untimed ones) that set each run's max_steps")
     parser.add_argument("--equal_steps", type=int, default=0,
                         help="instead of the timed runs: N steps of each in fp32, dropout off, "
                              "and the largest per-step loss difference")
@@ -104,6 +110,14 @@ def parse_args(argv=None):
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--max_eval_instances", type=int, default=0,
                         help="evaluate on the first N held-out instances (0 = all)")
+    parser.add_argument("--transfer", action=argparse.BooleanOptionalAction, default=True,
+                        help="after the runs, fine-tune SST-2 (%(examples)d seeded sentences, "
+                             "%(epochs)d epoch, seq %(max_seq_length)d, batch %(batch_size)d, "
+                             "run_glue.py) from ours' last checkpoint and from random weights"
+                             % TRANSFER)
+    parser.add_argument("--transfer_from", default=None,
+                        help="instead of the runs: only the SST-2 transfer, from this "
+                             "checkpoint of the same config")
     return parser.parse_args(argv)
 
 
@@ -428,13 +442,16 @@ RUNNERS = {"ours": (run_ours, utils.checkpoint_number),
            "transformers": (run_transformers, lambda p: int(p.name.split("-")[1]))}
 
 
+CALIBRATION_WARMUP = 5  # first steps of a run are slower (allocations, the reader filling up)
+
+
 def seconds_per_step(args, name, data, config_file, init, folder, precision):
-    """The median step time of a short run (its first two steps excluded: warm-up)."""
+    """The median step time of a short run, its first CALIBRATION_WARMUP steps excluded."""
     runner, _ = RUNNERS[name]
     steps, _ = runner(args, data, config_file, init, folder / f"calibrate_{name}",
-                      args.calibration_steps + 2, 10**9, precision)
-    times = [seconds for _, _, seconds in steps]
-    return statistics.median(b - a for a, b in zip(times[2:], times[3:]))
+                      args.calibration_steps + CALIBRATION_WARMUP, 10**9, precision)
+    times = [seconds for _, _, seconds in steps][CALIBRATION_WARMUP - 1:]
+    return statistics.median(b - a for a, b in zip(times, times[1:]))
 
 
 def timed_runs(args, folder, data, held_out):
@@ -462,7 +479,59 @@ def timed_runs(args, folder, data, held_out):
                                  "wall_seconds": wall}
     write_outputs(results, folder)
     print(report(results))
+    if args.transfer and "ours" in args.runs:
+        last = max((folder / "ours").glob("ckpt_*.pt"), key=utils.checkpoint_number)
+        transfer(args, folder, config_file, last)
     return results
+
+
+# ----------------------------------------------------------------------------- transfer
+
+def sst2_subset(folder, examples, seed):
+    """A GLUE data folder: `examples` seeded training sentences of SST-2 and all of dev."""
+    if not (SST2 / "train.tsv").is_file():
+        raise FileNotFoundError(f"the SST-2 transfer needs {SST2}/train.tsv and dev.tsv (see "
+                                f"../shared/data/README.md), or pass --no-transfer")
+    header, *rows = (SST2 / "train.tsv").read_text(encoding="utf-8").splitlines()
+    chosen = sorted(random.Random(seed).sample(range(len(rows)), examples))
+    data = folder / "sst2_data"
+    fresh_folder(data)
+    utils.atomic_write_text(data / "train.tsv", "\n".join([header] + [rows[i] for i in chosen])
+                            + "\n")
+    shutil.copyfile(SST2 / "dev.tsv", data / "dev.tsv")
+    return data
+
+
+def transfer(args, folder, config_file, checkpoint):
+    """SST-2 dev accuracy after fine-tuning (run_glue.py) from `checkpoint` and from random
+    weights of the same config; written to transfer.json and printed."""
+    data = sst2_subset(folder, TRANSFER["examples"], args.seed)
+    accuracies = {}
+    for name, init in (("pre-trained", checkpoint), ("random init", None)):
+        output = folder / f"sst2_{name.replace(' ', '_')}"
+        fresh_folder(output)
+        command = [sys.executable, str(REPO / "run_glue.py"), "--task_name", "sst-2",
+                   "--data_dir", str(data), "--do_train", "--do_eval",
+                   "--config_file", str(config_file), "--vocab_file", str(args.vocab_file),
+                   "--do_lower_case", "--output_dir", str(output),
+                   "--max_seq_length", str(TRANSFER["max_seq_length"]),
+                   "--train_batch_size", str(TRANSFER["batch_size"]),
+                   "--num_train_epochs", str(TRANSFER["epochs"]),
+                   "--learning_rate", str(TRANSFER["learning_rate"]), "--seed", str(args.seed),
+                   "--skip_checkpoint", "--disable_progress_bar"]
+        command += ["--init_checkpoint", str(init)] if init else []
+        command += ["--bf16"] if precision() == "bf16" else []
+        subprocess.run(command, check=True, cwd=REPO)
+        accuracies[name] = json.loads((output / "eval_results.json").read_text())["acc"]
+    result = {"checkpoint": str(checkpoint), **TRANSFER, "dev_accuracy": accuracies}
+    utils.atomic_write_text(folder / "transfer.json", json.dumps(result, indent=2) + "\n")
+    print(f"SST-2 transfer ({TRANSFER['examples']} sentences, {TRANSFER['epochs']} epoch, seq "
+          f"{TRANSFER['max_seq_length']}, batch {TRANSFER['batch_size']}): dev accuracy "
+          f"{accuracies['pre-trained']:.4f} from {Path(checkpoint).name}, "
+          f"{accuracies['random init']:.4f} from random weights "
+          f"({100 * (accuracies['pre-trained'] - accuracies['random init']):+.1f} points)",
+          flush=True)
+    return result
 
 
 def equal_steps(args, folder, data):
@@ -485,6 +554,9 @@ def main(args):
     args.vocab_file = args.vocab_file or default_vocab()
     folder = utils.check_writable_dir(args.output_dir, "--output_dir")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    if args.transfer_from:
+        return transfer(args, folder, write_config(args, folder, args.dropout),
+                        args.transfer_from)
     data, held_out = prepare_data(args, folder)
     if args.equal_steps:
         return equal_steps(args, folder, data)

@@ -402,3 +402,28 @@ def test_both_ways_of_applying_lamb_step_sizes_agree():
                                                  step_sizes):
         torch.testing.assert_close(ours, master + size * update, atol=1e-6, rtol=0)
         torch.testing.assert_close(other, ours, atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_cpu_blocked_lamb_matches_the_multi_tensor_path(dtype, monkeypatch):
+    """The CPU's block-at-a-time LAMB against the foreach passes of the accelerators (run
+    here on the CPU): several blocks and a remainder per tensor, clipping on and off, two
+    groups, fp32 and bf16 parameters (fp32 master copies)."""
+    import optimization
+    monkeypatch.setattr(optimization, "CPU_BLOCK", 7)
+    models = {}
+    for blocked in (True, False):
+        monkeypatch.setattr(optimization, "host_reads_are_free", lambda device, b=blocked: b)
+        model = _tiny_model().to(dtype)
+        optimizer = _lamb(model, max_grad_norm=1.0)
+        for step in range(4):
+            _set_grads(model, _synthetic_grads(model, step, 10.0 if step % 2 else 0.01))
+            optimizer.step()
+        models[blocked] = (model, optimizer)
+    (blocked_model, blocked_lamb), (foreach_model, foreach_lamb) = models[True], models[False]
+    for (name, ours), other in zip(blocked_model.named_parameters(), foreach_model.parameters()):
+        torch.testing.assert_close(ours, other, atol=1e-6 if dtype == torch.float32 else 0,
+                                   rtol=1e-5 if dtype == torch.float32 else 2**-8, msg=name)
+    for ours, other in zip(blocked_lamb.state.values(), foreach_lamb.state.values()):
+        for key in ("exp_avg", "exp_avg_sq"):
+            torch.testing.assert_close(ours[key], other[key], atol=1e-7, rtol=1e-5)

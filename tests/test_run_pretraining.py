@@ -13,7 +13,7 @@ import torch
 
 import run_pretraining
 from conftest import REPO, write_pretraining_inputs
-from pretraining_data import PretrainingBatches, find_input_files, read_shard
+from pretraining_data import PretrainingBatches, find_input_files, read_shard, to_batch
 
 SEQ, PREDICTIONS = 48, 8
 
@@ -408,3 +408,17 @@ def test_nvidia_layout_trains_on_the_training_shards_only(tmp_path):
     (tmp_path / "other").mkdir()
     (tmp_path / "other" / "shard_0.hdf5").touch()
     assert find_input_files(tmp_path / "other") == ("hdf5", [tmp_path / "other" / "shard_0.hdf5"])
+
+
+def test_no_dropout_makes_training_steps_deterministic_whatever_the_config(shards, tmp_path):
+    """--no_dropout: train-mode forwards of one batch agree (no mask is drawn), while the
+    config's dropout (0.1 in the shards' config) makes them differ."""
+    arrays = read_shard(sorted(shards[0].glob("*.hdf5"))[0])
+    batch = to_batch({key: values[:4] for key, values in arrays.items()})
+    losses = {}
+    for flag in ((), ("--no_dropout",)):
+        model = run_pretraining.build_model(args_for(*shards, tmp_path, *flag),
+                                            torch.device("cpu")).train()
+        losses[flag] = [model(**batch)[0].item() for _ in range(2)]
+    assert losses[()][0] != losses[()][1]
+    assert losses[("--no_dropout",)][0] == losses[("--no_dropout",)][1]

@@ -89,3 +89,37 @@ def test_ours_and_trainer_take_the_same_steps(tmp_path, monkeypatch):
         "--dupe_factor", "2", "--batch_size", "8", "--equal_steps", "4",
         "--output_dir", str(tmp_path / "out")]))
     assert difference < 1e-4
+
+
+def test_transfer_fine_tunes_from_the_checkpoint_and_from_random_weights(tmp_path, monkeypatch):
+    """The SST-2 step on a tiny config and a tiny SST-2: the seeded subset, one run_glue.py
+    run per start, each start's dev accuracy in transfer.json."""
+    sst2 = tmp_path / "SST-2"
+    sst2.mkdir()
+    words = ["good", "bad", "fine", "awful", "great", "dull"]
+    rows = [f"{words[i % 6]} film {i}\t{int(words[i % 6] in ('good', 'fine', 'great'))}"
+            for i in range(40)]
+    (sst2 / "train.tsv").write_text("sentence\tlabel\n" + "\n".join(rows) + "\n")
+    (sst2 / "dev.tsv").write_text("sentence\tlabel\n" + "\n".join(rows[:10]) + "\n")
+    vocab = write_vocab(tmp_path / "vocab.txt", "\n".join(rows * 2))
+    monkeypatch.setattr(tta, "SST2", sst2)
+    monkeypatch.setattr(tta, "TRANSFER", {**tta.TRANSFER, "examples": 16, "max_seq_length": 16,
+                                          "batch_size": 8})
+    monkeypatch.setattr(tta, "MODEL", {"hidden_size": 32, "num_hidden_layers": 2,
+                                       "num_attention_heads": 4, "intermediate_size": 37,
+                                       "max_position_embeddings": 64})
+    args = tta.parse_args(["--vocab_file", str(vocab), "--output_dir", str(tmp_path / "out")])
+    folder = tmp_path / "out"
+    folder.mkdir()
+    config = tta.write_config(args, folder, 0.0)
+    checkpoint = tta.initial_weights(config, 0, folder / "weights.pt")
+    result = tta.transfer(args, folder, config, checkpoint)
+
+    chosen = (folder / "sst2_data" / "train.tsv").read_text().splitlines()
+    assert chosen[0] == "sentence\tlabel" and len(chosen) == 17
+    assert set(chosen[1:]) <= set(rows)
+    written = json.loads((folder / "transfer.json").read_text())
+    assert written == result and set(written["dev_accuracy"]) == {"pre-trained", "random init"}
+    for name in ("pre-trained", "random_init"):
+        scored = json.loads((folder / f"sst2_{name}" / "eval_results.json").read_text())
+        assert written["dev_accuracy"][name.replace("_", " ")] == scored["acc"]
