@@ -33,17 +33,33 @@ time ours takes to reach the peer's final accuracy, and that ratio.
 
 Needs (benchmark only): transformers, accelerate (Trainer) and matplotlib.
 
-Measured (2026-12-01, the 2-core CPU, torch 2.13, bf16, defaults: 4-layer/256, batch 64,
+Measured (2026-12-02, the 2-core CPU, torch 2.13, bf16, defaults: 4-layer/256, batch 64,
 LAMB 4e-3, warm-up 0.02, dropout 0, dynamic masking, dupe 5; 112,508 training instances,
-318 held out with 5,873 masked tokens): ours 908 steps at 41.1 seq/s, held-out masked-LM
-accuracy 0.088 / 0.143 / 0.194 / 0.201 at 5 / 10 / 20 / 23.6 min; transformers 392 steps
-at 13.9 seq/s, 0.045 / 0.087 / 0.118 / 0.139 at 5 / 10 / 20 / 30 min; ours reached 0.139
-in 594 s against the peer's 1811 s (3.05x). NSP accuracy stays near chance (0.45-0.57) on
-the held-out documents for both. --equal_steps 5 (fp32, dropout off): largest per-step loss
-difference 1.9e-6. What limits accuracy here: about 900 steps of 64 sequences in the
-budget (the issue asks for 30%; a smaller vocabulary or a higher learning rate are the
-next things to try); an 8-step calibration underestimates the rate, so ours' schedule
-ended at 23.6 of the 30 minutes.
+318 held out with 5,873 masked tokens): ours 1,882 steps at 66.8 seq/s, held-out masked-LM
+accuracy 0.117 / 0.171 / 0.205 / 0.273 at 5 / 10 / 20 / 30 min and 0.286 at its last
+checkpoint (30.1 min); transformers 414 steps at 14.4 seq/s, 0.044 / 0.094 / 0.108 / 0.136,
+0.146 at 30.6 min; ours reached 0.146 in 493 s against the peer's 1,836 s (3.72x). NSP
+accuracy stays near chance (0.46-0.59) for both. Ours' curve flattens around 0.20 between
+12 and 21 minutes and climbs again as the learning rate decays (0.207 -> 0.286 over the
+last 10 minutes): the peak rate, not the step count, is what holds it there, so a lower
+peak or an earlier decay is the next thing to try for the 30% goal. The previous code (41
+seq/s, 908 steps, a schedule that ended at 23.6 min) reached 0.201.
+
+Ablation on an 8-minute budget (ours only, `--minutes 8 --runs ours --eval_every 60`, the
+same shards): dynamic masking and no dropout (the defaults) 0.162 after 495 steps (60.5
+seq/s); static masks from the shards 0.161 after 459 steps (62.4 seq/s; its calibrated
+schedule ended at 7.9 min); dropout 0.1 (`--dropout 0.1`) 0.137 after 419 steps (53.5
+seq/s). Dynamic masking makes no measurable difference here: in 8 minutes no instance is
+served twice (31,680 of 112,508; the 30-minute run serves 1.07 epochs), and dupe 5 already
+gives five maskings of every document. Dropout
+costs 2.5 points: 15% fewer steps and a regulariser that a model this far from
+overfitting does not need.
+
+SST-2 transfer from ours' last checkpoint against random weights of the same config (8,000
+sentences, 1 epoch, seq 64, batch 32): dev accuracy 0.656 vs 0.697 at lr 1e-4 (the
+default), 0.727 vs 0.757 at 4e-4, 0.552 vs 0.509 at 1e-3 (both barely trained): 30 minutes
+of pre-training on 9.7 MB do not help SST-2 here. A likely reason: the [CLS] vector that
+the classifier reads is shaped by next-sentence prediction, which stays at chance.
 """
 
 import argparse
@@ -115,6 +131,8 @@ def parse_args(argv=None):
                              "%(epochs)d epoch, seq %(max_seq_length)d, batch %(batch_size)d, "
                              "run_glue.py) from ours' last checkpoint and from random weights"
                              % TRANSFER)
+    parser.add_argument("--transfer_learning_rate", type=float,
+                        default=TRANSFER["learning_rate"], help="the SST-2 fine-tuning's")
     parser.add_argument("--transfer_from", default=None,
                         help="instead of the runs: only the SST-2 transfer, from this "
                              "checkpoint of the same config")
@@ -506,6 +524,7 @@ def transfer(args, folder, config_file, checkpoint):
     """SST-2 dev accuracy after fine-tuning (run_glue.py) from `checkpoint` and from random
     weights of the same config; written to transfer.json and printed."""
     data = sst2_subset(folder, TRANSFER["examples"], args.seed)
+    settings = {**TRANSFER, "learning_rate": args.transfer_learning_rate}
     accuracies = {}
     for name, init in (("pre-trained", checkpoint), ("random init", None)):
         output = folder / f"sst2_{name.replace(' ', '_')}"
@@ -517,16 +536,17 @@ def transfer(args, folder, config_file, checkpoint):
                    "--max_seq_length", str(TRANSFER["max_seq_length"]),
                    "--train_batch_size", str(TRANSFER["batch_size"]),
                    "--num_train_epochs", str(TRANSFER["epochs"]),
-                   "--learning_rate", str(TRANSFER["learning_rate"]), "--seed", str(args.seed),
+                   "--learning_rate", str(settings["learning_rate"]), "--seed", str(args.seed),
                    "--skip_checkpoint", "--disable_progress_bar"]
         command += ["--init_checkpoint", str(init)] if init else []
         command += ["--bf16"] if precision() == "bf16" else []
         subprocess.run(command, check=True, cwd=REPO)
         accuracies[name] = json.loads((output / "eval_results.json").read_text())["acc"]
-    result = {"checkpoint": str(checkpoint), **TRANSFER, "dev_accuracy": accuracies}
+    result = {"checkpoint": str(checkpoint), **settings, "dev_accuracy": accuracies}
     utils.atomic_write_text(folder / "transfer.json", json.dumps(result, indent=2) + "\n")
-    print(f"SST-2 transfer ({TRANSFER['examples']} sentences, {TRANSFER['epochs']} epoch, seq "
-          f"{TRANSFER['max_seq_length']}, batch {TRANSFER['batch_size']}): dev accuracy "
+    print(f"SST-2 transfer ({settings['examples']} sentences, {settings['epochs']} epoch, seq "
+          f"{settings['max_seq_length']}, batch {settings['batch_size']}, lr "
+          f"{settings['learning_rate']:g}): dev accuracy "
           f"{accuracies['pre-trained']:.4f} from {Path(checkpoint).name}, "
           f"{accuracies['random init']:.4f} from random weights "
           f"({100 * (accuracies['pre-trained'] - accuracies['random init']):+.1f} points)",
