@@ -572,7 +572,7 @@ class BertLMPredictionHead(nn.Module):
 
     def padded_logits(self, hidden_states):
         """Logits over the padded (tensor-core friendly) width; columns from vocab_size on
-        are padding, which `forward` slices off and `masked_lm_cross_entropy` ignores."""
+        are padding, which `forward` slices off and `cross_entropy_ignoring_negatives` ignores."""
         return self.decoder(self.transform(hidden_states))
 
 
