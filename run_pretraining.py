@@ -98,6 +98,9 @@ def parse_args(argv=None):
                         help="optimizer steps of this phase (sets the schedule)")
     parser.add_argument("--warmup_proportion", type=float, default=0.01,
                         help="share of max_steps with linear warm-up")
+    parser.add_argument("--poly_degree", type=float, default=0.5,
+                        help="after warm-up the lr decays as (1 - progress) ** degree: 0.5 is "
+                             "NVIDIA's, 1 a linear decay to zero")
     parser.add_argument("--steps_this_run", type=int, default=-1,
                         help="stop after this many steps (the schedule still spans max_steps)")
     parser.add_argument("--allreduce_post_accumulation", action="store_true",
@@ -162,6 +165,9 @@ def check_args(args):
     if args.dynamic_masking and not args.vocab_file:
         raise ValueError("--dynamic_masking needs --vocab_file (the [MASK] id and the word "
                          "pieces of whole-word masking come from it)")
+    if args.poly_degree < 0:
+        raise ValueError(f"--poly_degree must be 0 (a constant lr) or more, got "
+                         f"{args.poly_degree}")
     if not 0.0 < args.masked_lm_prob < 1.0:
         raise ValueError(f"--masked_lm_prob must be in (0, 1), got {args.masked_lm_prob}")
     if args.allreduce_post_accumulation_fp16 and not args.fp16:
@@ -451,7 +457,8 @@ def main(args):
         return {"step": int(args.max_steps), "final_loss": float("nan"), "preempted": False}
     model = build_model(args, distributed.device)
     optimizer = make_lamb(param_groups(model, weight_decay=0.01), lr=args.learning_rate)
-    scheduler = poly_warmup_schedule(optimizer, args.warmup_proportion, int(args.max_steps))
+    scheduler = poly_warmup_schedule(optimizer, args.warmup_proportion, int(args.max_steps),
+                                     args.poly_degree)
     scaler = utils.make_grad_scaler(utils.precision_of(args), distributed.device, args.loss_scale,
                                     args.init_loss_scale)
     start_step, position = restore(state, how, args, model, optimizer, scheduler, scaler)

@@ -245,9 +245,10 @@ class RecipeTrainer(Contender):
     """Ours as run_pretraining.py trains: its Trainer.step (micro-batch loop, autocast from
     the precision flag, LAMB through utils.optimizer_step, schedule) on one CPU process."""
 
-    def __init__(self, model, precision):
+    def __init__(self, model, precision, batch):
+        rows, seq = batch["input_ids"].shape
         argv = ["--input_dir", "-", "--config_file", "-", "--output_dir", "-",
-                "--max_seq_length", "128", "--train_batch_size", "64"]
+                "--max_seq_length", str(seq), "--train_batch_size", str(rows)]
         self.args = run_pretraining.parse_args(argv + (["--bf16"] if precision == "bf16" else []))
         distributed = utils.Distributed(rank=0, local_rank=0, world_size=1,
                                         device=torch.device("cpu"))
@@ -283,15 +284,16 @@ def theirs_loss(model, batch):
                  next_sentence_label=batch["next_sentence_labels"]).loss
 
 
-def make_contenders(name, ours, theirs, precision):
-    """{implementation: Contender}, fresh optimizers, copies of the twins' weights."""
+def make_contenders(name, ours, theirs, precision, batch):
+    """{implementation: Contender}, fresh optimizers, copies of the twins' weights; the
+    recipe's trainers are set up for the batch's shape."""
     ours, theirs = copy.deepcopy(ours), copy.deepcopy(theirs)
     lamb = dict(weight_decay=0.01)
     if name == "recipe":
-        return {"ours": RecipeTrainer(ours, precision),
+        return {"ours": RecipeTrainer(ours, precision, batch),
                 "transformers": Contender(theirs, make_lamb(param_groups(theirs, **lamb),
                                                             lr=LAMB_LR), theirs_loss),
-                "ours, no dropout": RecipeTrainer(without_dropout(ours), precision)}
+                "ours, no dropout": RecipeTrainer(without_dropout(ours), precision, batch)}
     with_lamb = copy.deepcopy(ours)
     return {"ours": Contender(ours, torch.optim.AdamW(ours.parameters(), **ADAMW), ours_loss),
             "transformers": Contender(theirs, torch.optim.AdamW(theirs.parameters(), **ADAMW),
@@ -387,7 +389,7 @@ def one_run(name, twins, batch, precision, args):
     median optimizer seconds (or None), and the run's ceiling in FLOP/s."""
     autocast = ((lambda: torch.autocast("cpu", dtype=torch.bfloat16)) if precision == "bf16"
                 else nullcontext)
-    contenders = make_contenders(name, *twins, precision)
+    contenders = make_contenders(name, *twins, precision, batch)
     ceiling = []
     dtype = torch.bfloat16 if precision == "bf16" else torch.float32
     seconds = time_steps(contenders, batch, autocast, args.warmup,
@@ -484,8 +486,8 @@ def profile(args):
         batch = make_batch(ours.config.vocab_size, BATCH_SIZE[name], args.max_seq_length,
                            torch.Generator().manual_seed(args.seed), full_rows=name == "recipe")
         precision = "bf16" if args.bf16 else "fp32"
-        contender = make_contenders(name, ours, theirs, precision)["ours, LAMB" if name != "recipe"
-                                                                  else "ours"]
+        contenders = make_contenders(name, ours, theirs, precision, batch)
+        contender = contenders["ours, LAMB" if name != "recipe" else "ours"]
         autocast = ((lambda: torch.autocast("cpu", dtype=torch.bfloat16)) if args.bf16
                     else nullcontext)
         contender.model.train()

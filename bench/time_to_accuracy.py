@@ -90,13 +90,14 @@ CORPUS = REPO.parent / "shared" / "data" / "pretrain" / "corpus.txt"
 SST2 = REPO.parent / "shared" / "data" / "glue" / "SST-2"
 # The transfer check: SST-2 fine-tuning from ours' last checkpoint and from random weights.
 TRANSFER = {"examples": 8000, "epochs": 1, "max_seq_length": 64, "batch_size": 32,
-            "learning_rate": 1e-4}
+            "learning_rates": (1e-4, 3e-4, 1e-3)}
 # The recipe for a 2-core CPU and a 30-minute budget: a model small enough to take several
 # thousand steps, a large learning rate with a short warm-up (LAMB tolerates it).
 MODEL = {"hidden_size": 256, "num_hidden_layers": 4, "num_attention_heads": 4,
          "intermediate_size": 1024, "max_position_embeddings": 128}
 SEQ, PREDICTIONS = 128, 20
 REPORT_MINUTES = (5, 10, 20, 30)
+CALIBRATION_WARMUP = 10  # first steps of a run are slower (allocations, the reader filling up)
 
 
 def parse_args(argv=None):
@@ -111,13 +112,16 @@ def parse_args(argv=None):
     parser.add_argument("--batch_size", type=int, default=64)
     parser.add_argument("--learning_rate", type=float, default=4e-3)
     parser.add_argument("--warmup_proportion", type=float, default=0.02)
+    parser.add_argument("--poly_degree", type=float, default=0.5,
+                        help="run_pretraining.py's lr decay exponent (1: linear to zero)")
     parser.add_argument("--dropout", type=float, default=0.0,
                         help="hidden and attention dropout in pre-training")
     parser.add_argument("--dynamic_masking", action=argparse.BooleanOptionalAction, default=True)
     parser.add_argument("--eval_every", type=float, default=120.0,
                         help="seconds of training between evaluated checkpoints")
-    parser.add_argument("--calibration_steps", type=int, default=30,
-                        help="timed steps (after 5 untimed ones) that set each run's max_steps")
+    parser.add_argument("--calibration_steps", type=int, default=40,
+                        help=f"timed steps (after {CALIBRATION_WARMUP} untimed ones) that set "
+                             "each run's max_steps")
     parser.add_argument("--equal_steps", type=int, default=0,
                         help="instead of the timed runs: N steps of each in fp32, dropout off, "
                              "and the largest per-step loss difference")
@@ -131,8 +135,9 @@ def parse_args(argv=None):
                              "%(epochs)d epoch, seq %(max_seq_length)d, batch %(batch_size)d, "
                              "run_glue.py) from ours' last checkpoint and from random weights"
                              % TRANSFER)
-    parser.add_argument("--transfer_learning_rate", type=float,
-                        default=TRANSFER["learning_rate"], help="the SST-2 fine-tuning's")
+    parser.add_argument("--transfer_learning_rate", type=float, nargs="+",
+                        default=TRANSFER["learning_rates"],
+                        help="the SST-2 fine-tuning's; both starts are fine-tuned at each")
     parser.add_argument("--transfer_from", default=None,
                         help="instead of the runs: only the SST-2 transfer, from this "
                              "checkpoint of the same config")
@@ -214,6 +219,7 @@ def pretraining_arguments(args, data, config_file, init, output, max_steps, chec
                  "--train_batch_size", str(args.batch_size),
                  "--learning_rate", str(args.learning_rate),
                  "--warmup_proportion", str(args.warmup_proportion),
+                 "--poly_degree", str(args.poly_degree),
                  "--max_steps", str(max_steps), "--num_steps_per_checkpoint",
                  str(checkpoint_every), "--keep_checkpoints", "0", "--seed", str(args.seed),
                  "--pad_vocab_to_multiple_of", "1", "--log_freq", "1", "--disable_progress_bar"]
@@ -283,7 +289,8 @@ def run_transformers(args, data, config_file, init, output, max_steps, checkpoin
     model.load_state_dict(state, strict=False)  # our dict lacks HF's tied decoder alias only
     optimizer = make_lamb(param_groups(model, weight_decay=0.01), lr=args.learning_rate,
                           prefer_apex=False)
-    scheduler = poly_warmup_schedule(optimizer, args.warmup_proportion, max_steps)
+    scheduler = poly_warmup_schedule(optimizer, args.warmup_proportion, max_steps,
+                                     args.poly_degree)
     fresh_folder(output)
     training_args = transformers.TrainingArguments(
         output_dir=str(output), per_device_train_batch_size=args.batch_size,
@@ -460,9 +467,6 @@ RUNNERS = {"ours": (run_ours, utils.checkpoint_number),
            "transformers": (run_transformers, lambda p: int(p.name.split("-")[1]))}
 
 
-CALIBRATION_WARMUP = 5  # first steps of a run are slower (allocations, the reader filling up)
-
-
 def seconds_per_step(args, name, data, config_file, init, folder, precision):
     """The median step time of a short run, its first CALIBRATION_WARMUP steps excluded."""
     runner, _ = RUNNERS[name]
@@ -522,36 +526,57 @@ def sst2_subset(folder, examples, seed):
 
 def transfer(args, folder, config_file, checkpoint):
     """SST-2 dev accuracy after fine-tuning (run_glue.py) from `checkpoint` and from random
-    weights of the same config; written to transfer.json and printed."""
+    weights of the same config, at each --transfer_learning_rate (the best fine-tuning rate
+    of a small, briefly pre-trained model is not the random one's); written to
+    transfer.json and printed."""
     data = sst2_subset(folder, TRANSFER["examples"], args.seed)
-    settings = {**TRANSFER, "learning_rate": args.transfer_learning_rate}
-    accuracies = {}
-    for name, init in (("pre-trained", checkpoint), ("random init", None)):
-        output = folder / f"sst2_{name.replace(' ', '_')}"
-        fresh_folder(output)
-        command = [sys.executable, str(REPO / "run_glue.py"), "--task_name", "sst-2",
-                   "--data_dir", str(data), "--do_train", "--do_eval",
-                   "--config_file", str(config_file), "--vocab_file", str(args.vocab_file),
-                   "--do_lower_case", "--output_dir", str(output),
-                   "--max_seq_length", str(TRANSFER["max_seq_length"]),
-                   "--train_batch_size", str(TRANSFER["batch_size"]),
-                   "--num_train_epochs", str(TRANSFER["epochs"]),
-                   "--learning_rate", str(settings["learning_rate"]), "--seed", str(args.seed),
-                   "--skip_checkpoint", "--disable_progress_bar"]
-        command += ["--init_checkpoint", str(init)] if init else []
-        command += ["--bf16"] if precision() == "bf16" else []
-        subprocess.run(command, check=True, cwd=REPO)
-        accuracies[name] = json.loads((output / "eval_results.json").read_text())["acc"]
-    result = {"checkpoint": str(checkpoint), **settings, "dev_accuracy": accuracies}
+    runs = []
+    for learning_rate in args.transfer_learning_rate:
+        for start, init in (("pre-trained", checkpoint), ("random init", None)):
+            output = folder / f"sst2_{start.replace(' ', '_')}_lr{learning_rate:g}"
+            accuracy = fine_tune_sst2(args, data, config_file, init, learning_rate, output)
+            runs.append({"start": start, "learning_rate": learning_rate,
+                         "dev_accuracy": accuracy})
+    result = {"checkpoint": str(checkpoint),
+              **{key: value for key, value in TRANSFER.items() if key != "learning_rates"},
+              "runs": runs}
     utils.atomic_write_text(folder / "transfer.json", json.dumps(result, indent=2) + "\n")
-    print(f"SST-2 transfer ({settings['examples']} sentences, {settings['epochs']} epoch, seq "
-          f"{settings['max_seq_length']}, batch {settings['batch_size']}, lr "
-          f"{settings['learning_rate']:g}): dev accuracy "
-          f"{accuracies['pre-trained']:.4f} from {Path(checkpoint).name}, "
-          f"{accuracies['random init']:.4f} from random weights "
-          f"({100 * (accuracies['pre-trained'] - accuracies['random init']):+.1f} points)",
-          flush=True)
+    print(transfer_table(result), flush=True)
     return result
+
+
+def fine_tune_sst2(args, data, config_file, init, learning_rate, output):
+    """run_glue.py on the SST-2 subset from `init` (None: random weights); dev accuracy."""
+    fresh_folder(output)
+    command = [sys.executable, str(REPO / "run_glue.py"), "--task_name", "sst-2",
+               "--data_dir", str(data), "--do_train", "--do_eval",
+               "--config_file", str(config_file), "--vocab_file", str(args.vocab_file),
+               "--do_lower_case", "--output_dir", str(output),
+               "--max_seq_length", str(TRANSFER["max_seq_length"]),
+               "--train_batch_size", str(TRANSFER["batch_size"]),
+               "--num_train_epochs", str(TRANSFER["epochs"]),
+               "--learning_rate", str(learning_rate), "--seed", str(args.seed),
+               "--skip_checkpoint", "--disable_progress_bar"]
+    command += ["--init_checkpoint", str(init)] if init else []
+    command += ["--bf16"] if precision() == "bf16" else []
+    subprocess.run(command, check=True, cwd=REPO)
+    return json.loads((output / "eval_results.json").read_text())["acc"]
+
+
+def transfer_table(result):
+    """SST-2 dev accuracy per fine-tuning rate: pre-trained, random init, the difference."""
+    accuracy = {(run["start"], run["learning_rate"]): run["dev_accuracy"]
+                for run in result["runs"]}
+    lines = [f"SST-2 transfer from {Path(result['checkpoint']).name} ({result['examples']} "
+             f"sentences, {result['epochs']} epoch, seq {result['max_seq_length']}, batch "
+             f"{result['batch_size']}): dev accuracy",
+             "| fine-tuning lr | pre-trained | random init | points |", "|---|---|---|---|"]
+    for learning_rate in dict.fromkeys(rate for _, rate in accuracy):
+        pre_trained = accuracy["pre-trained", learning_rate]
+        random_init = accuracy["random init", learning_rate]
+        lines.append(f"| {learning_rate:g} | {pre_trained:.4f} | {random_init:.4f} | "
+                     f"{100 * (pre_trained - random_init):+.1f} |")
+    return "\n".join(lines)
 
 
 def equal_steps(args, folder, data):

@@ -84,6 +84,20 @@ def test_resume_takes_a_new_learning_rate(shards, tmp_path):
     assert split[4:] == pytest.approx([2 * lr for lr in whole[4:]])
 
 
+def test_poly_degree_sets_the_decay_exponent(shards, tmp_path):
+    """After warm-up the lr is peak * (1 - progress) ** degree, so degree 1's factor is the
+    square of the default 0.5's; the warm-up is the same."""
+    run_pretraining.main(args_for(*shards, tmp_path / "sqrt"))
+    run_pretraining.main(args_for(*shards, tmp_path / "linear", "--poly_degree", 1))
+    peak = 2e-3
+    sqrt = [lr / peak for lr in logged_learning_rates(tmp_path / "sqrt")]
+    linear = [lr / peak for lr in logged_learning_rates(tmp_path / "linear")]
+    warmup = 1  # the logged lr of step n has progress n / 8: only step 1 is below 0.25
+    assert linear[:warmup] == pytest.approx(sqrt[:warmup])
+    assert linear[warmup:] == pytest.approx([factor ** 2 for factor in sqrt[warmup:]])
+    assert 0 < linear[-2] < sqrt[-2] < 1  # the last step's lr is 0 in both
+
+
 def test_checkpoints_keep_the_latest_three_and_load_without_pickles(shards, tmp_path):
     run_pretraining.main(args_for(*shards, tmp_path, "--num_steps_per_checkpoint", 1))
     assert sorted(p.name for p in tmp_path.glob("ckpt_*")) == ["ckpt_6.pt", "ckpt_7.pt",

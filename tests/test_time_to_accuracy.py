@@ -93,7 +93,7 @@ def test_ours_and_trainer_take_the_same_steps(tmp_path, monkeypatch):
 
 def test_transfer_fine_tunes_from_the_checkpoint_and_from_random_weights(tmp_path, monkeypatch):
     """The SST-2 step on a tiny config and a tiny SST-2: the seeded subset, one run_glue.py
-    run per start, each start's dev accuracy in transfer.json."""
+    run per start and fine-tuning rate, each run's dev accuracy in transfer.json."""
     sst2 = tmp_path / "SST-2"
     sst2.mkdir()
     words = ["good", "bad", "fine", "awful", "great", "dull"]
@@ -108,7 +108,8 @@ def test_transfer_fine_tunes_from_the_checkpoint_and_from_random_weights(tmp_pat
     monkeypatch.setattr(tta, "MODEL", {"hidden_size": 32, "num_hidden_layers": 2,
                                        "num_attention_heads": 4, "intermediate_size": 37,
                                        "max_position_embeddings": 64})
-    args = tta.parse_args(["--vocab_file", str(vocab), "--output_dir", str(tmp_path / "out")])
+    args = tta.parse_args(["--vocab_file", str(vocab), "--output_dir", str(tmp_path / "out"),
+                           "--transfer_learning_rate", "1e-4", "1e-3"])
     folder = tmp_path / "out"
     folder.mkdir()
     config = tta.write_config(args, folder, 0.0)
@@ -119,7 +120,9 @@ def test_transfer_fine_tunes_from_the_checkpoint_and_from_random_weights(tmp_pat
     assert chosen[0] == "sentence\tlabel" and len(chosen) == 17
     assert set(chosen[1:]) <= set(rows)
     written = json.loads((folder / "transfer.json").read_text())
-    assert written == result and set(written["dev_accuracy"]) == {"pre-trained", "random init"}
-    for name in ("pre-trained", "random_init"):
-        scored = json.loads((folder / f"sst2_{name}" / "eval_results.json").read_text())
-        assert written["dev_accuracy"][name.replace("_", " ")] == scored["acc"]
+    assert written == result
+    assert [(run["start"], run["learning_rate"]) for run in written["runs"]] == [
+        ("pre-trained", 1e-4), ("random init", 1e-4), ("pre-trained", 1e-3), ("random init", 1e-3)]
+    for run in written["runs"]:
+        output = folder / f"sst2_{run['start'].replace(' ', '_')}_lr{run['learning_rate']:g}"
+        assert run["dev_accuracy"] == json.loads((output / "eval_results.json").read_text())["acc"]
