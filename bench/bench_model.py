@@ -55,9 +55,16 @@ Measured (2026-12-01, this project's 2-core CPU with AMX, torch 2.13, transforme
   optimizer step is 45% of the bf16 step (24% in fp32): about 26 passes of 4 bytes over
   each of the 110M parameters (moments, norms, update), some 11 GB a step at this machine's
   ~10 GB/s; a fused kernel would need about 10.
-The ceiling on the model's own shapes is far below the 737 GFLOP/s of a 1024x1024x4096
-bf16 product measured on the same machine on a quieter day: the recipe's 256-wide layers
-are small matrices. At the ceiling the recipe's matrix products alone would take 0.63 s.
+Measured again (2026-12-02, after LAMB's blocked CPU path, the same command, 3 runs; the
+ceiling read 549-753 GFLOP/s in bf16 that day, about twice the day before):
+- recipe bf16: ours 0.712 s/step, 89.9 sequences/s (2.9x the 31 before this pass; 99.3
+  without dropout), 50% of 623 GFLOP/s, 7.58x transformers; fp32 33.7 sequences/s, 76%.
+- small bf16: 1.94x (1.90x-2.71x), 41%; fp32 1.80x, 74%.
+- base bf16: 1.74x (1.54x-1.96x), 46% of 686 GFLOP/s; fp32 1.57x, 79%. LAMB's share of
+  the step: 25% in bf16 (45% before the blocked path), 8% in fp32, 20% in small bf16.
+The ceiling moves with the machine's load (352-391 GFLOP/s in bf16 one day, 549-753 the
+next, against 737 for a 1024x1024x4096 bf16 product on a quiet day), which is why each run
+measures its own and the shares of two days do not compare.
 
 Profile of the recipe's bf16 step (torch.profiler, self CPU time, batch 64 x 128 with 10%
 short rows, before the CPU fast paths of model.py and optimization.py, 1.39 s/step with
