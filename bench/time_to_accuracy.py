@@ -106,9 +106,10 @@ from pretraining_data import Position, read_shard, to_batch  # noqa: E402
 
 CORPUS = REPO.parent / "shared" / "data" / "pretrain" / "corpus.txt"
 SST2 = REPO.parent / "shared" / "data" / "glue" / "SST-2"
-# The transfer check: SST-2 fine-tuning from ours' last checkpoint and from random weights.
-TRANSFER = {"examples": 8000, "epochs": 1, "max_seq_length": 64, "batch_size": 32,
-            "learning_rates": (1e-4, 3e-4, 1e-3)}
+# The transfer check: SST-2 fine-tuning from ours' last checkpoint and from random weights,
+# at each of the fine-tuning rates (--transfer_learning_rate).
+TRANSFER = {"examples": 8000, "epochs": 1, "max_seq_length": 64, "batch_size": 32}
+TRANSFER_LEARNING_RATES = (1e-4, 3e-4, 1e-3)
 # The recipe for a 2-core CPU and a 30-minute budget: a model small enough to take several
 # thousand steps, a large learning rate with a short warm-up (LAMB tolerates it).
 MODEL = {"hidden_size": 256, "num_hidden_layers": 4, "num_attention_heads": 4,
@@ -154,7 +155,7 @@ def parse_args(argv=None):
                              "run_glue.py) from ours' last checkpoint and from random weights"
                              % TRANSFER)
     parser.add_argument("--transfer_learning_rate", type=float, nargs="+",
-                        default=TRANSFER["learning_rates"],
+                        default=TRANSFER_LEARNING_RATES,
                         help="the SST-2 fine-tuning's; both starts are fine-tuned at each")
     parser.add_argument("--transfer_from", default=None,
                         help="instead of the runs: only the SST-2 transfer, from this "
@@ -555,9 +556,7 @@ def transfer(args, folder, config_file, checkpoint):
             accuracy = fine_tune_sst2(args, data, config_file, init, learning_rate, output)
             runs.append({"start": start, "learning_rate": learning_rate,
                          "dev_accuracy": accuracy})
-    result = {"checkpoint": str(checkpoint),
-              **{key: value for key, value in TRANSFER.items() if key != "learning_rates"},
-              "runs": runs}
+    result = {"checkpoint": str(checkpoint), **TRANSFER, "runs": runs}
     utils.atomic_write_text(folder / "transfer.json", json.dumps(result, indent=2) + "\n")
     print(transfer_table(result), flush=True)
     return result
