@@ -80,9 +80,9 @@ NSP head (fine-tuning draws them fresh) gives 0.659 and 0.744. 30 minutes of pre
 help a 250-step fine-tuning on movie reviews here; the goal of +3 points is not met.
 
 The transfer grows with pre-training, slowly. A later 30-minute run of ours on a slower day
-of the shared machine (60.7 seq/s: 1,626 steps, 0.286 at the end) gave its checkpoints to
-`--transfer_from ... --dropout 0.1` (fine-tuning dropout 0.1; random weights 0.745 at
-3e-4): after 813 steps (masked-LM 0.197) 0.597 at 1e-4 and 0.692 at 3e-4; after 1,626
+of the shared machine (60.7 seq/s: 1,626 steps, 0.286 at the end) had its checkpoints
+fine-tuned as `--transfer_from CKPT --dropout 0.1` does (run_glue.py on the same subset,
+fine-tuning dropout 0.1; random weights 0.745 at 3e-4): after 813 steps (masked-LM 0.197) 0.597 at 1e-4 and 0.692 at 3e-4; after 1,626
 steps (0.286) 0.656 and 0.725, and 0.729 at 3e-4 without dropout, against 0.745 after the
 2,921 steps above (0.424). The pre-trained starts also fine-tune more slowly (training
 loss 0.62-0.67 after the 250 steps at 1e-4): for 250 steps of fine-tuning a briefly
