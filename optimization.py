@@ -20,14 +20,16 @@ Deliberate deviations from NVIDIA's BERT for PyTorch:
 - LAMB is written with ``torch._foreach_*`` multi-tensor ops instead of apex's CUDA kernels. The
   math is apex ``FusedLAMB`` with its defaults (bias correction, adam_w_mode, grad_averaging,
   use_nvlamb=False, global clipping to max_grad_norm); AMSGrad, L2 mode and NVLAMB are not offered.
-  Each stage is one multi-tensor pass over all parameters, whatever their number, with no host
-  sync: on accelerators the per-tensor step sizes (-lr * trust ratio) are expanded to one value
-  per element, so that the last pass is a single addcmul (the transient index and values take
-  the memory that the clipped gradients have just freed); on the CPU, where reading them costs
-  nothing, each tensor takes one add with its own step size. On the CPU the Adam passes also
-  run a block of elements at a time (``CPU_BLOCK``), so that a block of every array stays in
-  the cache through all of them: LAMB is memory-bound there. The bias corrections are folded into host scalars, as
-  torch's Adam does, so results differ from apex's kernel in the last bits only.
+  On accelerators each stage is one multi-tensor pass over all parameters, whatever their
+  number, with no host sync: the per-tensor step sizes (-lr * trust ratio) are expanded to one
+  value per element, so that the last pass is a single addcmul (the transient index and values
+  take the memory that the clipped gradients have just freed). On the CPU, where LAMB is
+  memory-bound and reading a scalar costs nothing, each tensor goes through two passes of a
+  block of elements at a time (``CPU_BLOCK``), which keep every array's block in the cache
+  through all the arithmetic: moments, update and the norms of the trust ratio, then the
+  weight update and its copy to the model's low-precision weights. The bias corrections are
+  folded into host scalars, as torch's Adam does, so results differ from apex's kernel in the
+  last bits only.
 - ``make_lamb`` still picks apex's FusedLAMB when apex is installed with its compiled extension
   (amp_C; a Python-only build is not enough) and the parameters are on CUDA.
 - LAMB counts steps per parameter (PyTorch's convention) where apex counts per group; they differ
@@ -171,21 +173,18 @@ class LAMB(torch.optim.Optimizer):
         applied)."""
         masters = bucket["masters"]
         if host_reads_are_free(masters[0].device):
-            updates = _blocked_adam_updates(bucket, clip_divisor)
-        else:
-            grads = _scaled_grads(bucket["grads"], masters[0].dtype, clip_divisor)
-            updates = []
-            for group, start, end in bucket["spans"]:
-                updates += _adam_updates(group, grads[start:end], bucket["exp_avgs"][start:end],
-                                         bucket["exp_avg_sqs"][start:end], masters[start:end],
-                                         bucket["steps"][start:end])
-            del grads  # the clipped copies: memory for what follows
+            _blocked_lamb_update(bucket, clip_divisor)
+            return
+        grads = _scaled_grads(bucket["grads"], masters[0].dtype, clip_divisor)
+        updates = []
+        for group, start, end in bucket["spans"]:
+            updates += _adam_updates(group, grads[start:end], bucket["exp_avgs"][start:end],
+                                     bucket["exp_avg_sqs"][start:end], masters[start:end],
+                                     bucket["steps"][start:end])
+        del grads  # the clipped copies: memory for what follows
         step_sizes = _step_sizes(bucket["spans"], masters, updates)
-        if host_reads_are_free(step_sizes.device):
-            _add_scaled_per_tensor(masters, updates, step_sizes)
-        else:
-            _add_scaled_expanded(masters, updates, step_sizes,
-                                 self._repeats([m.numel() for m in masters], step_sizes.device))
+        _add_scaled_expanded(masters, updates, step_sizes,
+                             self._repeats([m.numel() for m in masters], step_sizes.device))
         if masters[0] is not bucket["params"][0]:
             torch._foreach_copy_(bucket["params"], masters)
 
@@ -276,33 +275,64 @@ def _adam_updates(group, grads, exp_avgs, exp_avg_sqs, masters, steps):
 CPU_BLOCK = 2**17  # elements: a block of each array LAMB touches (5 x 512 KB) stays in cache
 
 
-def _blocked_adam_updates(bucket, clip_divisor):
-    """_adam_updates of a whole bucket on the CPU, the clip division included, a block of
-    elements at a time: a block of the gradient, moments, master weights and update goes
-    through every pass while it is in the cache, so memory sees each element read and
-    written about 7 times instead of about 20 (LAMB is memory-bound on a CPU). The
-    arithmetic per element is the foreach path's, op for op."""
+def _blocked_lamb_update(bucket, clip_divisor):
+    """The whole LAMB update of a CPU bucket, one tensor at a time in two passes of a block
+    of elements at a time, so that a block of every array goes through all the arithmetic
+    of a pass while it is in the cache.
+
+    The first pass advances the moments and writes the update u into a scratch buffer,
+    summing the squares of p and u as it goes (the trust ratio needs no pass of its own);
+    the second adds step_size * u to the master weights and copies each block into the
+    model's low-precision weights while it is still in the cache. Memory sees about 44
+    bytes per fp32 parameter (the clip's gradient norm included) where separate norm, add
+    and copy passes took 52: LAMB is memory-bound on a CPU. The scratch buffer is the size
+    of the largest tensor, not of the model. The arithmetic per element is the foreach
+    path's, op for op; the norms are summed per block, so they differ in the last bits.
+    """
     divisor = None if clip_divisor is None else clip_divisor.item()  # no sync on the CPU
-    updates = []
+    masters = bucket["masters"]
+    scratch = torch.empty(max(master.numel() for master in masters), dtype=masters[0].dtype)
     for group, start, end in bucket["spans"]:
-        beta1, beta2 = group["betas"]
         for index in range(start, end):
-            step = bucket["steps"][index]
-            root = math.sqrt(1 - beta2 ** step)
-            update = torch.empty_like(bucket["masters"][index])
-            tensors = (bucket["grads"][index], bucket["exp_avgs"][index],
-                       bucket["exp_avg_sqs"][index], bucket["masters"][index], update)
-            for grad, exp_avg, exp_avg_sq, master, block in _blocks(tensors):
-                grad = grad.to(master.dtype)
-                if divisor is not None:
-                    grad = grad / divisor
-                exp_avg.lerp_(grad, 1 - beta1)
-                exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
-                denominator = exp_avg_sq.sqrt().add_(group["eps"] * root)
-                torch.mul(master, group["weight_decay"], out=block).addcdiv_(
-                    exp_avg, denominator, value=root / (1 - beta1 ** step))
-            updates.append(update)
-    return updates
+            master, param = masters[index], bucket["params"][index]
+            update = scratch[:master.numel()].view(master.shape)
+            squares = _blocked_adam_update(
+                group, bucket["steps"][index], divisor,
+                (bucket["grads"][index], bucket["exp_avgs"][index],
+                 bucket["exp_avg_sqs"][index], master, update))
+            size = -group["lr"] * (_trust_ratio(*squares) if group["weight_decay"] != 0 else 1.0)
+            for master_block, update_block, param_block in _blocks((master, update, param)):
+                master_block.add_(update_block, alpha=size)
+                if param is not master:
+                    param_block.copy_(master_block)
+
+
+def _blocked_adam_update(group, step, divisor, tensors):
+    """One tensor's moments and update u = m_hat / (sqrt(v_hat) + eps) + wd p (written into
+    tensors' last), a block at a time, with the bias corrections folded into scalars as in
+    _adam_updates; returns the sums of squares of p and of u."""
+    beta1, beta2 = group["betas"]
+    root = math.sqrt(1 - beta2 ** step)
+    param_square = update_square = 0.0
+    for grad, exp_avg, exp_avg_sq, master, update in _blocks(tensors):
+        grad = grad.to(master.dtype)
+        if divisor is not None:
+            grad = grad / divisor
+        exp_avg.lerp_(grad, 1 - beta1)
+        exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
+        denominator = exp_avg_sq.sqrt().add_(group["eps"] * root)
+        torch.mul(master, group["weight_decay"], out=update).addcdiv_(
+            exp_avg, denominator, value=root / (1 - beta1 ** step))
+        param_square += torch.linalg.vector_norm(master).item() ** 2
+        update_square += torch.linalg.vector_norm(update).item() ** 2
+    return param_square, update_square
+
+
+def _trust_ratio(param_square, update_square):
+    """||p|| / ||u|| from their squares, or 1.0 where either is zero (as _step_sizes)."""
+    if param_square > 0 and update_square > 0:
+        return math.sqrt(param_square / update_square)
+    return 1.0
 
 
 def _blocks(tensors):
@@ -342,17 +372,10 @@ def host_reads_are_free(device):
     return device.type == "cpu"
 
 
-def _add_scaled_per_tensor(masters, updates, step_sizes):
-    """masters[i] += step_sizes[i] * updates[i], one add per tensor: for the CPU, where
-    reading the sizes costs no device sync and foreach ops are a loop over tensors anyway
-    (the expansion below was a third of LAMB's time there)."""
-    for master, update, size in zip(masters, updates, step_sizes.tolist()):
-        master.add_(update, alpha=size)
-
-
 def _add_scaled_expanded(masters, updates, step_sizes, repeats):
-    """The same on an accelerator without a host sync: the sizes expanded to one value per
-    element (repeats: each tensor's numel, on the device), then one multi-tensor addcmul."""
+    """masters[i] += step_sizes[i] * updates[i] on an accelerator without a host sync: the
+    sizes expanded to one value per element (repeats: each tensor's numel, on the device),
+    then one multi-tensor addcmul."""
     numels = [master.numel() for master in masters]
     per_element = torch.repeat_interleave(step_sizes, repeats, output_size=sum(numels))
     torch._foreach_addcmul_(masters, updates, [
