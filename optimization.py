@@ -24,12 +24,15 @@ Deliberate deviations from NVIDIA's BERT for PyTorch:
   number, with no host sync: the per-tensor step sizes (-lr * trust ratio) are expanded to one
   value per element, so that the last pass is a single addcmul (the transient index and values
   take the memory that the clipped gradients have just freed). On the CPU, where LAMB is
-  memory-bound and reading a scalar costs nothing, each tensor goes through two passes of a
-  block of elements at a time (``CPU_BLOCK``), which keep every array's block in the cache
-  through all the arithmetic: moments, update and the norms of the trust ratio, then the
-  weight update and its copy to the model's low-precision weights. The bias corrections are
-  folded into host scalars, as torch's Adam does, so results differ from apex's kernel in the
-  last bits only.
+  memory-bound and reading a scalar costs nothing, each tensor goes through two passes:
+  moments, update and the norms of the trust ratio, then the weight update and its copy to
+  the model's low-precision weights. In models of COMPILE_MIN_MODEL elements and more,
+  tensors of COMPILE_MIN_ELEMENTS and more take each pass as one inductor-compiled loop
+  (torch.compile, once per process; where compiling fails, a warning and the eager passes);
+  the others run the same function eagerly, a block of elements (``CPU_BLOCK``) at a time,
+  so that every array's block stays in the cache through all of its ops. The bias
+  corrections are folded into host scalars, as torch's Adam does, so results differ from
+  apex's kernel in the last bits only.
 - ``make_lamb`` still picks apex's FusedLAMB when apex is installed with its compiled extension
   (amp_C; a Python-only build is not enough) and the parameters are on CUDA.
 - LAMB counts steps per parameter (PyTorch's convention) where apex counts per group; they differ
@@ -273,59 +276,134 @@ def _adam_updates(group, grads, exp_avgs, exp_avg_sqs, masters, steps):
 
 
 CPU_BLOCK = 2**17  # elements: a block of each array LAMB touches (5 x 512 KB) stays in cache
+# In models from COMPILE_MIN_MODEL elements up, tensors from COMPILE_MIN_ELEMENTS up take
+# inductor-compiled passes, one fused loop each: BERT-base's fp32 LAMB step took 199 ms
+# against 387 for the blocked eager ops and 628 for separate norm and update passes (the
+# 2-core benchmark machine), so the compile (8-25 s, once per process) pays for itself
+# within some 130 steps there, and within a few hundred at the smallest size compiled.
+# Smaller tensors stay eager, where call overhead dominates anyway, so that the compiled
+# code sees one size regime; smaller models (tests, the quick start's 4.5M, the laptop
+# recipe's 11M) never wait for a compiler.
+COMPILE_MIN_ELEMENTS = 2**18
+COMPILE_MIN_MODEL = 2**24
 
 
 def _blocked_lamb_update(bucket, clip_divisor):
-    """The whole LAMB update of a CPU bucket, one tensor at a time in two passes of a block
-    of elements at a time, so that a block of every array goes through all the arithmetic
-    of a pass while it is in the cache.
+    """The whole LAMB update of a CPU bucket, one tensor at a time in two passes.
 
     The first pass advances the moments and writes the update u into a scratch buffer,
     summing the squares of p and u as it goes (the trust ratio needs no pass of its own);
-    the second adds step_size * u to the master weights and copies each block into the
-    model's low-precision weights while it is still in the cache. Memory sees about 44
-    bytes per fp32 parameter (the clip's gradient norm included) where separate norm, add
-    and copy passes took 52: LAMB is memory-bound on a CPU. The scratch buffer is the size
-    of the largest tensor, not of the model. The arithmetic per element is the foreach
-    path's, op for op; the norms are summed per block, so they differ in the last bits.
+    the second adds step_size * u to the master weights and copies them into the model's
+    low-precision weights. Memory sees about 44 bytes per fp32 parameter (the clip's
+    gradient norm included) where separate norm, add and copy passes took 52: LAMB is
+    memory-bound on a CPU. Large tensors go through each pass as one compiled loop
+    (`_cpu_passes`); the others a block of elements at a time (CPU_BLOCK), so that a block
+    of every array stays in the cache through all the eager ops of a pass. The scratch
+    buffer is the size of the largest tensor, not of the model.
     """
-    divisor = None if clip_divisor is None else clip_divisor.item()  # no sync on the CPU
+    inverse_divisor = 1.0 if clip_divisor is None else 1.0 / clip_divisor.item()
     masters = bucket["masters"]
     scratch = torch.empty(max(master.numel() for master in masters), dtype=masters[0].dtype)
+    large_model = sum(master.numel() for master in masters) >= COMPILE_MIN_MODEL
     for group, start, end in bucket["spans"]:
         for index in range(start, end):
             master, param = masters[index], bucket["params"][index]
             update = scratch[:master.numel()].view(master.shape)
-            squares = _blocked_adam_update(
-                group, bucket["steps"][index], divisor,
+            adam_pass, apply_pass = _cpu_passes(master, large_model)
+            squares = adam_pass(
                 (bucket["grads"][index], bucket["exp_avgs"][index],
-                 bucket["exp_avg_sqs"][index], master, update))
-            size = -group["lr"] * (_trust_ratio(*squares) if group["weight_decay"] != 0 else 1.0)
-            for master_block, update_block, param_block in _blocks((master, update, param)):
-                master_block.add_(update_block, alpha=size)
-                if param is not master:
-                    param_block.copy_(master_block)
+                 bucket["exp_avg_sqs"][index], master, update),
+                _adam_scalars(group, bucket["steps"][index], inverse_divisor))
+            ratio = _trust_ratio(*squares) if group["weight_decay"] != 0 else 1.0
+            apply_pass((master, update, param), torch.tensor(-group["lr"] * ratio))
 
 
-def _blocked_adam_update(group, step, divisor, tensors):
-    """One tensor's moments and update u = m_hat / (sqrt(v_hat) + eps) + wd p (written into
-    tensors' last), a block at a time, with the bias corrections folded into scalars as in
-    _adam_updates; returns the sums of squares of p and of u."""
+def _adam_scalars(group, step, inverse_divisor):
+    """The scalars of _adam_block as 0-d fp32 tensors, not floats: the compiled passes are
+    then not recompiled for each step's bias corrections. The bias corrections are folded
+    in as in _adam_updates."""
     beta1, beta2 = group["betas"]
     root = math.sqrt(1 - beta2 ** step)
-    param_square = update_square = 0.0
-    for grad, exp_avg, exp_avg_sq, master, update in _blocks(tensors):
-        grad = grad.to(master.dtype)
-        if divisor is not None:
-            grad = grad / divisor
-        exp_avg.lerp_(grad, 1 - beta1)
-        exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
-        denominator = exp_avg_sq.sqrt().add_(group["eps"] * root)
-        torch.mul(master, group["weight_decay"], out=update).addcdiv_(
-            exp_avg, denominator, value=root / (1 - beta1 ** step))
-        param_square += torch.linalg.vector_norm(master).item() ** 2
-        update_square += torch.linalg.vector_norm(update).item() ** 2
-    return param_square, update_square
+    values = (inverse_divisor, 1 - beta1, beta2, 1 - beta2, group["eps"] * root,
+              root / (1 - beta1 ** step), group["weight_decay"])
+    return torch.tensor(values).unbind()
+
+
+def _adam_block(grad, exp_avg, exp_avg_sq, master, update, scalars):
+    """Moments and update u = m_hat / (sqrt(v_hat) + eps) + wd p of one tensor or block
+    (written into `update`); returns the sums of squares of p and of u."""
+    inverse_divisor, one_minus_beta1, beta2, one_minus_beta2, eps_root, step_scale, decay = scalars
+    grad = grad.to(master.dtype) * inverse_divisor
+    exp_avg.lerp_(grad, one_minus_beta1)
+    exp_avg_sq.mul_(beta2).addcmul_(grad, grad * one_minus_beta2)
+    update.copy_(master * decay + exp_avg * step_scale / (exp_avg_sq.sqrt() + eps_root))
+    return master.square().sum(), update.square().sum()
+
+
+def _apply_block(master, update, param, step_size):
+    """master += step_size * update, copied into the model's weights when they are not
+    the master copy."""
+    master.add_(update * step_size)
+    if param is not master:
+        param.copy_(master)
+
+
+def _eager_adam_pass(tensors, scalars):
+    squares = [_adam_block(*block, scalars) for block in _blocks(tensors)]
+    return tuple(sum(values).item() for values in zip(*squares))
+
+
+def _eager_apply_pass(tensors, step_size):
+    master, update, param = tensors
+    blocks = _blocks((master, update, param))
+    for master_block, update_block, param_block in blocks:
+        _apply_block(master_block, update_block,
+                     master_block if param is master else param_block, step_size)
+
+
+def _cpu_passes(master, large_model):
+    """(adam pass, apply pass) for a tensor: compiled for large contiguous ones of a large
+    model where inductor works here, else the blocked eager ones."""
+    if (not large_model or master.numel() < COMPILE_MIN_ELEMENTS
+            or not master.is_contiguous() or _compile_failed):
+        return _eager_adam_pass, _eager_apply_pass
+    adam_block, apply_block = _compiled_blocks()
+
+    def adam_pass(tensors, scalars):
+        squares = adam_block(*(t.view(-1) for t in tensors), scalars)
+        return tuple(value.item() for value in squares)
+
+    def apply_pass(tensors, step_size):
+        master, update, param = (t.view(-1) for t in tensors)
+        apply_block(master, update, master if tensors[2] is tensors[0] else param, step_size)
+
+    return _guarded(adam_pass, _eager_adam_pass), _guarded(apply_pass, _eager_apply_pass)
+
+
+@functools.cache
+def _compiled_blocks():
+    """_adam_block and _apply_block compiled by inductor, for any size (compiled on first
+    use, once per process; inductor's on-disk cache makes later processes faster)."""
+    return torch.compile(_adam_block, dynamic=True), torch.compile(_apply_block, dynamic=True)
+
+
+_compile_failed = []  # the error, once compiling has failed in this process
+
+
+def _guarded(compiled_pass, eager_pass):
+    """compiled_pass, falling back to eager_pass for the rest of the process if compiling
+    fails (no C++ compiler, an inductor error): a compile error happens before any tensor
+    is written, so the eager pass redoes the same work."""
+    def run(tensors, scalar):
+        if not _compile_failed:
+            try:
+                return compiled_pass(tensors, scalar)
+            except Exception as e:  # torch.compile raises many exception types
+                _compile_failed.append(e)
+                logger.warning("LAMB: torch.compile of the CPU passes failed (%s: %s); "
+                               "eager passes from now on", type(e).__name__, e)
+        return eager_pass(tensors, scalar)
+    return run
 
 
 def _trust_ratio(param_square, update_square):

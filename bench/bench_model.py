@@ -62,9 +62,22 @@ ceiling read 549-753 GFLOP/s in bf16 that day, about twice the day before):
 - small bf16: 1.94x (1.90x-2.71x), 41%; fp32 1.80x, 74%.
 - base bf16: 1.74x (1.54x-1.96x), 46% of 686 GFLOP/s; fp32 1.57x, 79%. LAMB's share of
   the step: 25% in bf16 (45% before the blocked path), 8% in fp32, 20% in small bf16.
+Measured a third time (2026-12-02, a slow afternoon of the machine: the bf16 ceiling read
+293-356 GFLOP/s; after LAMB's compiled CPU passes, the same command, 3 runs):
+- recipe bf16: ours 1.032 s/step, 62.0 sequences/s, 65% of 297 GFLOP/s, 5.48x
+  transformers; without dropout 62.1 sequences/s, 71%. fp32: 24.1 sequences/s, 62%.
+- small bf16: 2.03x (2.01x-2.33x), 58%; fp32 2.02x, 76%.
+- base bf16: 1.64x (1.53x-1.74x), 70% of 345 GFLOP/s; with LAMB 1.85x, 78%, and LAMB's
+  share of the step 10% (10%-11%, its floor at the copy bandwidth 5%); fp32 1.40x, 74%,
+  LAMB 6%. LAMB alone on BERT-base's fp32 parameters (`optimization.LAMB.step`, median
+  of 6 steps, interleaved): 628 ms with separate norm and update passes, 387 ms blocked
+  eager, 199 ms compiled, against 98 ms to move its 28 B/param at 31.5 GB/s.
 The ceiling moves with the machine's load (352-391 GFLOP/s in bf16 one day, 549-753 the
 next, against 737 for a 1024x1024x4096 bf16 product on a quiet day), which is why each run
-measures its own and the shares of two days do not compare.
+measures its own and the shares of two days do not compare. The LAMB floor column is
+28 B per parameter (read gradient, weight and both moments, write weight and moments) at
+the copy bandwidth measured in the same run (a 256 MB copy), over the row's step time:
+the least any LAMB with fp32 state could take.
 
 Profile of the recipe's bf16 step (torch.profiler, self CPU time, batch 64 x 128 with 10%
 short rows, before the CPU fast paths of model.py and optimization.py, 1.39 s/step with
@@ -112,6 +125,11 @@ SHORT_SEQ_PROB = 0.1  # create_pretraining_data's share of rows with a random sh
 LOSS_TOLERANCE = 1e-4
 ADAMW = dict(lr=1e-4, betas=(0.9, 0.999), eps=1e-6, weight_decay=0.01, foreach=True)
 LAMB_LR = 4e-3  # the recipe's
+# Memory traffic of a LAMB step per fp32 parameter: what any LAMB with fp32 moments must move
+# (read gradient, weight and both moments, write weight and moments once) and what ours moves
+# on the CPU (optimization._blocked_lamb_update: the clip's gradient norm 4, moments and
+# update 28, weight update 12).
+LAMB_LEAST_BYTES, LAMB_OUR_BYTES = 28, 44
 
 
 def parse_args(argv=None):
@@ -371,6 +389,19 @@ def gemm_ceiling(config, batch, dtype, repeats=3):
     return total_flops / statistics.median(seconds[1:])
 
 
+def copy_bandwidth(megabytes=256, repeats=3):
+    """Bytes/s of a copy between two arrays far larger than the caches (bytes read plus
+    written), the median of `repeats` after a warm-up: the memory rate LAMB is bound by."""
+    source = torch.ones(megabytes * 2**20 // 4)
+    target = torch.empty_like(source)
+    seconds = []
+    for _ in range(repeats + 1):
+        start = time.perf_counter()
+        target.copy_(source)
+        seconds.append(time.perf_counter() - start)
+    return 2 * source.numel() * source.element_size() / statistics.median(seconds[1:])
+
+
 # ----------------------------------------------------------------------------- runs
 
 def time_steps(contenders, batch, autocast, warmup, steps, before_timing):
@@ -393,22 +424,24 @@ def time_steps(contenders, batch, autocast, warmup, steps, before_timing):
 
 def one_run(name, twins, batch, precision, args):
     """One run of a config at a precision: per implementation its median seconds per step,
-    median optimizer seconds (or None), and the run's ceiling in FLOP/s."""
+    median optimizer seconds (or None), the run's ceiling in FLOP/s and its copy bandwidth
+    in bytes/s."""
     autocast = ((lambda: torch.autocast("cpu", dtype=torch.bfloat16)) if precision == "bf16"
                 else nullcontext)
     contenders = make_contenders(name, *twins, precision, batch)
-    ceiling = []
+    machine = []
     dtype = torch.bfloat16 if precision == "bf16" else torch.float32
     seconds = time_steps(contenders, batch, autocast, args.warmup,
                          args.steps or DEFAULT_STEPS[name],
-                         lambda: ceiling.append(gemm_ceiling(twins[0].config, batch, dtype)))
+                         lambda: machine.extend((gemm_ceiling(twins[0].config, batch, dtype),
+                                                 copy_bandwidth())))
     medians = {}
     for implementation, results in seconds.items():
         optimizer_seconds = [o for _, o in results if o is not None]
         medians[implementation] = (statistics.median(s for s, _ in results),
                                    statistics.median(optimizer_seconds) if optimizer_seconds
                                    else None)
-    return medians, ceiling[0]
+    return medians, *machine
 
 
 def benchmark(args):
@@ -428,10 +461,11 @@ def benchmark(args):
         for name in args.configs:
             for precision in precisions:
                 twins, batch = setups[name]
-                medians, ceiling = one_run(name, twins, batch, precision, args)
-                results[name, precision].append((medians, ceiling))
+                medians, ceiling, bandwidth = one_run(name, twins, batch, precision, args)
+                results[name, precision].append((medians, ceiling, bandwidth))
                 print(f"run {run + 1}/{args.runs} {name} {precision}: ceiling "
-                      f"{ceiling / 1e9:.0f} GFLOP/s, s/step " + ", ".join(
+                      f"{ceiling / 1e9:.0f} GFLOP/s, copy {bandwidth / 1e9:.1f} GB/s, s/step "
+                      + ", ".join(
                           f"{k} {s:.3f}" for k, (s, _) in medians.items()), flush=True)
     return setups, results
 
@@ -452,15 +486,19 @@ def table_rows(setups, results):
     for (name, precision), runs in results.items():
         (ours, _), batch = setups[name]
         flops = step_flops(ours.config, batch)
+        parameters = sum(p.numel() for p in ours.parameters())
         sequences = batch["input_ids"].shape[0]
-        ceilings = [ceiling for _, ceiling in runs]
+        ceilings = [ceiling for _, ceiling, _ in runs]
         for implementation in runs[0][0]:
-            seconds = [medians[implementation][0] for medians, _ in runs]
+            seconds = [medians[implementation][0] for medians, _, _ in runs]
             speedups = [medians["transformers"][0] / medians[implementation][0]
-                        for medians, _ in runs]
-            shares = [flops / medians[implementation][0] / ceiling for medians, ceiling in runs]
+                        for medians, _, _ in runs]
+            shares = [flops / medians[implementation][0] / ceiling
+                      for medians, ceiling, _ in runs]
             optimizer = [medians[implementation][1] / medians[implementation][0]
-                         for medians, _ in runs if medians[implementation][1] is not None]
+                         for medians, _, _ in runs if medians[implementation][1] is not None]
+            floors = [LAMB_LEAST_BYTES * parameters / bandwidth / medians[implementation][0]
+                      for medians, _, bandwidth in runs]
             rows.append(
                 f"| {name} | {implementation} | {precision} | {spread(seconds, '{:.3f}')} "
                 f"| {sequences / statistics.median(seconds):.1f} "
@@ -468,8 +506,15 @@ def table_rows(setups, results):
                 f"| {spread([c / 1e9 for c in ceilings], '{:.0f}')} "
                 f"| {spread([100 * s for s in shares], '{:.0f}%')} "
                 f"| {'baseline' if implementation == 'transformers' else spread(speedups, '{:.2f}x')} "
-                f"| {spread([100 * o for o in optimizer], '{:.0f}%') if optimizer and 'LAMB' in implementation else ''} |")
+                f"| {lamb_cells(optimizer, floors) if optimizer and 'LAMB' in implementation else '|'} |")
     return rows
+
+
+def lamb_cells(optimizer_shares, floors):
+    """The LAMB share of the step and the share that moving LAMB_LEAST_BYTES per parameter
+    at the copy bandwidth would take: the least any LAMB with fp32 state can reach."""
+    return (f"{spread([100 * o for o in optimizer_shares], '{:.0f}%')} "
+            f"| {spread([100 * f for f in floors], '{:.0f}%')}")
 
 
 def print_table(setups, results, args):
@@ -479,8 +524,9 @@ def print_table(setups, results, args):
           f"run(s), (lowest-highest). recipe: batch 64, LAMB, ours through run_pretraining's "
           f"Trainer.step; small/base: batch 8, AdamW (\"ours, LAMB\": our LAMB).\n")
     print("| config | implementation | precision | s/step | sequences/s | model GFLOP/s "
-          "| ceiling GFLOP/s | share of ceiling | speed-up of ours | LAMB share of step |")
-    print("|---|---|---|---:|---:|---:|---:|---:|---:|---:|")
+          "| ceiling GFLOP/s | share of ceiling | speed-up of ours | LAMB share of step "
+          f"| LAMB floor ({LAMB_LEAST_BYTES} B/param at copy bandwidth) |")
+    print("|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     for row in table_rows(setups, results):
         print(row)
 

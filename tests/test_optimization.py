@@ -400,26 +400,62 @@ def test_expanded_lamb_step_sizes_add_each_tensors_own():
         torch.testing.assert_close(ours, master + size * update, atol=1e-6, rtol=0)
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_cpu_blocked_lamb_matches_the_multi_tensor_path(dtype, monkeypatch):
-    """The CPU's block-at-a-time LAMB against the foreach passes of the accelerators (run
-    here on the CPU): several blocks and a remainder per tensor, clipping on and off, two
-    groups, fp32 and bf16 parameters (fp32 master copies)."""
+def _lamb_steps_on_the_cpu(dtype, accelerator_path, steps=4):
+    """A tiny model after `steps` LAMB steps, through the CPU's passes or (run here on the
+    CPU) the accelerators' foreach passes; clipping on and off, two groups."""
     import optimization
-    monkeypatch.setattr(optimization, "CPU_BLOCK", 7)
-    models = {}
-    for blocked in (True, False):
-        monkeypatch.setattr(optimization, "host_reads_are_free", lambda device, b=blocked: b)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(optimization, "host_reads_are_free", lambda device: not accelerator_path)
         model = _tiny_model().to(dtype)
         optimizer = _lamb(model, max_grad_norm=1.0)
-        for step in range(4):
+        for step in range(steps):
             _set_grads(model, _synthetic_grads(model, step, 10.0 if step % 2 else 0.01))
             optimizer.step()
-        models[blocked] = (model, optimizer)
-    (blocked_model, blocked_lamb), (foreach_model, foreach_lamb) = models[True], models[False]
-    for (name, ours), other in zip(blocked_model.named_parameters(), foreach_model.parameters()):
+    return model, optimizer
+
+
+@pytest.mark.parametrize("compiled", [False, True], ids=["blocked", "compiled"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_cpu_lamb_matches_the_multi_tensor_path(dtype, compiled, monkeypatch):
+    """The CPU's two passes per tensor, eager a block at a time (several blocks and a
+    remainder per tensor) or inductor-compiled, against the foreach passes of the
+    accelerators: fp32 and bf16 parameters (fp32 master copies)."""
+    import optimization
+    monkeypatch.setattr(optimization, "CPU_BLOCK", 7)
+    monkeypatch.setattr(optimization, "COMPILE_MIN_ELEMENTS", 16 if compiled else 2**62)
+    monkeypatch.setattr(optimization, "COMPILE_MIN_MODEL", 16)
+    monkeypatch.setattr(optimization, "_compile_failed", [])
+    used, compiled_blocks = [], optimization._compiled_blocks
+    monkeypatch.setattr(optimization, "_compiled_blocks",
+                        lambda: used.append(True) or compiled_blocks())
+    cpu_model, cpu_lamb = _lamb_steps_on_the_cpu(dtype, accelerator_path=False)
+    foreach_model, foreach_lamb = _lamb_steps_on_the_cpu(dtype, accelerator_path=True)
+    assert optimization._compile_failed == [] and bool(used) == compiled
+    for (name, ours), other in zip(cpu_model.named_parameters(), foreach_model.parameters()):
         torch.testing.assert_close(ours, other, atol=1e-6 if dtype == torch.float32 else 0,
                                    rtol=1e-5 if dtype == torch.float32 else 2**-8, msg=name)
-    for ours, other in zip(blocked_lamb.state.values(), foreach_lamb.state.values()):
+    for ours, other in zip(cpu_lamb.state.values(), foreach_lamb.state.values()):
         for key in ("exp_avg", "exp_avg_sq"):
             torch.testing.assert_close(ours[key], other[key], atol=1e-7, rtol=1e-5)
+
+
+def test_cpu_lamb_falls_back_to_eager_passes_when_compiling_fails(monkeypatch, caplog):
+    """A machine where torch.compile cannot work (no C++ compiler): one warning naming
+    the error, and the same result as the eager passes, the failed tensor included."""
+    import optimization
+    monkeypatch.setattr(optimization, "COMPILE_MIN_ELEMENTS", 16)
+    monkeypatch.setattr(optimization, "COMPILE_MIN_MODEL", 16)
+
+    def fails(*_):
+        raise RuntimeError("no C++ compiler found")
+
+    monkeypatch.setattr(optimization, "_compile_failed", [])
+    monkeypatch.setattr(optimization, "_compiled_blocks", lambda: (fails, fails))
+    with caplog.at_level("WARNING"):
+        failed_model, _ = _lamb_steps_on_the_cpu(torch.float32, accelerator_path=False)
+    monkeypatch.setattr(optimization, "COMPILE_MIN_ELEMENTS", 2**62)
+    eager_model, _ = _lamb_steps_on_the_cpu(torch.float32, accelerator_path=False)
+    warnings = [r.getMessage() for r in caplog.records if "torch.compile" in r.getMessage()]
+    assert len(warnings) == 1 and "RuntimeError: no C++ compiler found" in warnings[0]
+    for ours, other in zip(failed_model.parameters(), eager_model.parameters()):
+        assert torch.equal(ours, other)
