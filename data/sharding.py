@@ -23,7 +23,7 @@ import functools
 import heapq
 import math
 import re
-from multiprocessing import Pool
+import multiprocessing
 from pathlib import Path
 
 from utils import atomic_path, logger
@@ -176,7 +176,11 @@ def shard_articles(input_files, output_dir, dataset, n_training_shards, n_test_s
             writers["test"] = ShardWriter(stack, shard_paths(output_dir, dataset, "test",
                                                              n_test_shards))
         if n_processes > 1:
-            pool = stack.enter_context(Pool(n_processes))
+            # forkserver, not fork: a fork of a process that runs threads (torch's, a
+            # tokenizer's) can inherit a lock that one of them holds, and hang on it (seen
+            # once in the test suite).
+            context = multiprocessing.get_context("forkserver")
+            pool = stack.enter_context(context.Pool(n_processes))
             documents = pool.imap(split_article, read_articles(input_files), chunksize=64)
         else:
             documents = map(split_article, read_articles(input_files))
