@@ -354,11 +354,21 @@ def _eager_adam_pass(tensors, scalars):
 
 
 def _eager_apply_pass(tensors, step_size):
-    master, update, param = tensors
-    blocks = _blocks((master, update, param))
-    for master_block, update_block, param_block in blocks:
+    master, _, param = tensors
+    for master_block, update_block, param_block in _blocks(tensors):
         _apply_block(master_block, update_block,
                      master_block if param is master else param_block, step_size)
+
+
+def _compiled_adam_pass(tensors, scalars):
+    squares = _compiled_blocks()[0](*(t.view(-1) for t in tensors), scalars)
+    return tuple(value.item() for value in squares)
+
+
+def _compiled_apply_pass(tensors, step_size):
+    master, update, param = (t.view(-1) for t in tensors)
+    _compiled_blocks()[1](master, update, master if tensors[2] is tensors[0] else param,
+                          step_size)
 
 
 def _cpu_passes(master, large_model):
@@ -367,17 +377,7 @@ def _cpu_passes(master, large_model):
     if (not large_model or master.numel() < COMPILE_MIN_ELEMENTS
             or not master.is_contiguous() or _compile_failed):
         return _eager_adam_pass, _eager_apply_pass
-    adam_block, apply_block = _compiled_blocks()
-
-    def adam_pass(tensors, scalars):
-        squares = adam_block(*(t.view(-1) for t in tensors), scalars)
-        return tuple(value.item() for value in squares)
-
-    def apply_pass(tensors, step_size):
-        master, update, param = (t.view(-1) for t in tensors)
-        apply_block(master, update, master if tensors[2] is tensors[0] else param, step_size)
-
-    return _guarded(adam_pass, _eager_adam_pass), _guarded(apply_pass, _eager_apply_pass)
+    return _GUARDED_COMPILED_PASSES
 
 
 @functools.cache
@@ -404,6 +404,10 @@ def _guarded(compiled_pass, eager_pass):
                                "eager passes from now on", type(e).__name__, e)
         return eager_pass(tensors, scalar)
     return run
+
+
+_GUARDED_COMPILED_PASSES = (_guarded(_compiled_adam_pass, _eager_adam_pass),
+                            _guarded(_compiled_apply_pass, _eager_apply_pass))
 
 
 def _trust_ratio(param_square, update_square):
