@@ -415,13 +415,16 @@ def _lamb_steps_on_the_cpu(dtype, accelerator_path, steps=4):
 
 
 @pytest.mark.parametrize("compiled", [False, True], ids=["blocked", "compiled"])
+@pytest.mark.parametrize("cpu_block", [7, 16], ids=["vectors-alone", "vectors-shared"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_cpu_lamb_matches_the_multi_tensor_path(dtype, compiled, monkeypatch):
+def test_cpu_lamb_matches_the_multi_tensor_path(dtype, cpu_block, compiled, monkeypatch):
     """The CPU's two passes per tensor, eager a block at a time (several blocks and a
     remainder per tensor) or inductor-compiled, against the foreach passes of the
-    accelerators: fp32 and bf16 parameters (fp32 master copies)."""
+    accelerators: fp32 and bf16 parameters (fp32 master copies). TinyBlock's 5-element
+    vectors are smaller than a block: each alone in one (7), or three of the no-decay group
+    in one and the zero `gate` alone (16)."""
     import optimization
-    monkeypatch.setattr(optimization, "CPU_BLOCK", 7)
+    monkeypatch.setattr(optimization, "CPU_BLOCK", cpu_block)
     monkeypatch.setattr(optimization, "COMPILE_MIN_ELEMENTS", 16 if compiled else 2**62)
     monkeypatch.setattr(optimization, "COMPILE_MIN_MODEL", 16)
     monkeypatch.setattr(optimization, "_compile_failed", [])
@@ -443,6 +446,7 @@ def test_cpu_lamb_falls_back_to_eager_passes_when_compiling_fails(monkeypatch, c
     """A machine where torch.compile cannot work (no C++ compiler): one warning naming
     the error, and the same result as the eager passes, the failed tensor included."""
     import optimization
+    monkeypatch.setattr(optimization, "CPU_BLOCK", 4)  # no tensor shares a block
     monkeypatch.setattr(optimization, "COMPILE_MIN_ELEMENTS", 16)
     monkeypatch.setattr(optimization, "COMPILE_MIN_MODEL", 16)
 
