@@ -99,6 +99,7 @@ class LAMB(torch.optim.Optimizer):
         # One clip for the whole model, so it is not a per-group setting.
         self.max_grad_norm = max_grad_norm
         self._repeats_cache = {}  # (device, tensor sizes) -> the sizes on that device
+        self._scratch = {}  # dtype -> the CPU passes' update buffer (_cpu_scratch)
 
     @torch.no_grad()
     def step(self, closure=None):
@@ -176,7 +177,7 @@ class LAMB(torch.optim.Optimizer):
         applied)."""
         masters = bucket["masters"]
         if host_reads_are_free(masters[0].device):
-            _blocked_lamb_update(bucket, clip_divisor)
+            _blocked_lamb_update(bucket, clip_divisor, self._cpu_scratch(masters))
             return
         grads = _scaled_grads(bucket["grads"], masters[0].dtype, clip_divisor)
         updates = []
@@ -190,6 +191,15 @@ class LAMB(torch.optim.Optimizer):
                              self._repeats([m.numel() for m in masters], step_sizes.device))
         if masters[0] is not bucket["params"][0]:
             torch._foreach_copy_(bucket["params"], masters)
+
+    def _cpu_scratch(self, masters):
+        """A buffer for the updates of a CPU bucket, as large as its largest tensor, kept
+        between steps: a fresh one the size of BERT-base's word embeddings (94 MB) comes as
+        new pages from the kernel, faulted in again on every step."""
+        size, dtype = max(master.numel() for master in masters), masters[0].dtype
+        if dtype not in self._scratch or self._scratch[dtype].numel() < size:
+            self._scratch[dtype] = torch.empty(size, dtype=dtype)
+        return self._scratch[dtype]
 
     def _repeats(self, numels, device):
         """The tensor sizes as a tensor on `device`, kept between steps: made once, it costs
@@ -288,7 +298,7 @@ COMPILE_MIN_ELEMENTS = 2**18
 COMPILE_MIN_MODEL = 2**24
 
 
-def _blocked_lamb_update(bucket, clip_divisor):
+def _blocked_lamb_update(bucket, clip_divisor, scratch):
     """The whole LAMB update of a CPU bucket, one tensor at a time in two passes.
 
     The first pass advances the moments and writes the update u into a scratch buffer,
@@ -299,12 +309,11 @@ def _blocked_lamb_update(bucket, clip_divisor):
     memory-bound on a CPU. Large tensors go through each pass as one compiled loop
     (`_cpu_passes`); the others a block of elements at a time (CPU_BLOCK), so that a block
     of every array stays in the cache through all the eager ops of a pass; tensors smaller
-    than a block share one, several at a time (`_multi_tensor_update`). The scratch
-    buffer is the size of the largest tensor, not of the model.
+    than a block share one, several at a time (`_multi_tensor_update`). The updates go to
+    `scratch`, a flat buffer the size of the largest tensor, not of the model.
     """
     inverse_divisor = 1.0 if clip_divisor is None else 1.0 / clip_divisor.item()
     masters = bucket["masters"]
-    scratch = torch.empty(max(master.numel() for master in masters), dtype=masters[0].dtype)
     large_model = sum(master.numel() for master in masters) >= COMPILE_MIN_MODEL
     for group, start, end in bucket["spans"]:
         indices = range(start, end)
