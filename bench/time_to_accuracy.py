@@ -321,6 +321,7 @@ def run_transformers(args, data, config_file, init, output, max_steps, checkpoin
     (step, loss, seconds since start) and its checkpoint folders."""
     import transformers
 
+    utils.reuse_freed_memory()  # the malloc settings of ours' run_pretraining.py process
     config = json.loads(Path(config_file).read_text())
     model = transformers.BertForPreTraining(transformers.BertConfig(
         **config, attn_implementation="sdpa"))

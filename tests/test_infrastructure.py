@@ -84,3 +84,29 @@ def test_atomic_writes_keep_the_umask_permissions_and_leave_nothing_on_failure(t
         raise RuntimeError("interrupted")
     assert (tmp_path / "shared.txt").read_text() == "readable by the group"
     assert [p.name for p in tmp_path.iterdir()] == ["shared.txt"]
+
+
+MMAPPED_BYTES_AFTER_A_64_MB_TENSOR = """
+import ctypes, sys, torch, utils
+class Info(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_size_t) for name in
+                "arena ordblks smblks hblks hblkhd usmblks fsmblks uordblks fordblks keepcost".split()]
+libc = ctypes.CDLL(None)
+libc.mallinfo2.restype = Info
+if sys.argv[1] == "entry-script":
+    utils.init_distributed(no_cuda=True)
+before = libc.mallinfo2().hblkhd
+tensor = torch.empty(2**24)
+print(libc.mallinfo2().hblkhd - before)
+"""
+
+
+@pytest.mark.skipif(not utils._runs_on_glibc(), reason="malloc tuning is for glibc only")
+@pytest.mark.parametrize("process", ["plain", "entry-script"])
+def test_cpu_entry_scripts_serve_large_tensors_from_the_heap(process):
+    """glibc maps a block over 32 MB afresh and unmaps it when freed (page faults on every
+    step's big tensors); after init_distributed on the CPU it comes from the reusable heap."""
+    result = subprocess.run([sys.executable, "-c", MMAPPED_BYTES_AFTER_A_64_MB_TENSOR, process],
+                            capture_output=True, text=True, cwd=REPO, check=True)
+    mmapped = int(result.stdout.split()[-1])
+    assert mmapped == 0 if process == "entry-script" else mmapped >= 2**26
