@@ -173,32 +173,36 @@ def dropout(x, p, training=True):
     comes from `cpu_keep_mask` and is applied in one pass.
 
     torch's CPU dropout draws one Bernoulli sample per element; here one 31-bit random
-    integer yields two 15-bit uniforms. On this project's 2-core benchmark machine (bf16,
-    torch 2.13) the attention-probability dropout of a 64x4x128x128 batch took 26-34 ms
-    with F.dropout and 10 ms this way; dropout had been 16% of a pre-training step. The
-    drawn rate is p rounded to a multiple of 2**-15 (0.1 -> 0.100006) and kept values are
-    scaled by the inverse of that keep rate, so the expectation is exact. fp32 keeps
-    torch's dropout, so that fp32 results stay those of torch's own kernels. Activation
-    checkpointing replays either mask: both come from torch's CPU generator.
+    integer yields two 15-bit uniforms, compared straight into a mask of x's dtype (a bool
+    mask's conversion took longer than the comparisons). On this project's 2-core
+    benchmark machine (bf16, torch 2.13) the attention-probability dropout of a
+    64x4x128x128 batch took 26-34 ms with F.dropout and 10 ms this way (13-15 ms forward
+    and backward, against 17-18 with the bool mask); dropout had been 16% of a
+    pre-training step. The drawn rate is p rounded to a multiple of 2**-15 (0.1 ->
+    0.100006) and kept values are scaled by the inverse of that keep rate, so the
+    expectation is exact. fp32 keeps torch's dropout, so that fp32 results stay those of
+    torch's own kernels. Activation checkpointing replays either mask: both come from
+    torch's CPU generator.
     """
     if not training or p == 0.0:
         return x
     if x.device.type != "cpu" or x.dtype not in (torch.bfloat16, torch.float16):
         return F.dropout(x, p, training=True)
-    keep, keep_rate = cpu_keep_mask(x.shape, p)
-    return _ScaleKept.apply(x, keep.to(x.dtype), 1.0 / keep_rate if keep_rate > 0 else 0.0)
+    keep, keep_rate = cpu_keep_mask(x.shape, p, x.dtype)
+    return _ScaleKept.apply(x, keep, 1.0 / keep_rate if keep_rate > 0 else 0.0)
 
 
 DROPOUT_BITS = 15  # torch's int32 random_() gives 31 random bits: two 15-bit draws
 
 
-def cpu_keep_mask(shape, p):
-    """(bool tensor of `shape`, True with probability about 1 - p; that probability)."""
+def cpu_keep_mask(shape, p, dtype):
+    """(tensor of `shape` and `dtype`, 1 with probability about 1 - p and 0 otherwise;
+    that probability)."""
     count = math.prod(shape)
     half = (count + 1) // 2
     words = torch.empty(half, dtype=torch.int32).random_()  # uniform in [0, 2**31)
     threshold = round(p * 2**DROPOUT_BITS)
-    keep = torch.empty(2 * half, dtype=torch.bool)
+    keep = torch.empty(2 * half, dtype=dtype)
     torch.ge(words & (2**DROPOUT_BITS - 1), threshold, out=keep[:half])  # bits 0-14
     torch.ge(words >> 16, threshold, out=keep[half:])  # bits 16-30, independent of 0-14
     return keep[:count].view(shape), 1.0 - threshold / 2**DROPOUT_BITS
