@@ -293,9 +293,9 @@ def reuse_freed_memory():
     all its pages in again each time: on the 2-core benchmark machine a new 47 MB tensor
     took 18 ms to fill, a reused one 1.2 ms, and a 6-layer/384 bf16 training step ran 15%
     faster. With mmap off (M_MMAP_MAX 0) large blocks come from the heap, and a trim
-    threshold of 2 GB (the most mallopt takes) keeps freed ones there. Resident memory then stays at the peak of the
-    process, which training reaches in its first steps anyway; the CPU processes of the
-    entry scripts call this (init_distributed)."""
+    threshold of 2 GB (the most mallopt takes) keeps freed ones there. Resident memory
+    then stays at the peak of the process, which training reaches in its first steps
+    anyway; the CPU processes of the entry scripts call this (init_distributed)."""
     if not _runs_on_glibc():
         return False
     libc = ctypes.CDLL(None)
