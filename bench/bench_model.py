@@ -72,6 +72,19 @@ Measured a third time (2026-12-02, a slow afternoon of the machine: the bf16 cei
   LAMB 6%. LAMB alone on BERT-base's fp32 parameters (`optimization.LAMB.step`, median
   of 6 steps, interleaved): 628 ms with separate norm and update passes, 387 ms blocked
   eager, 199 ms compiled, against 98 ms to move its 28 B/param at 31.5 GB/s.
+Measured a fourth time (2026-12-02 evening, as slow: bf16 ceiling 292-365 GFLOP/s; after
+the small LAMB tensors' multi-tensor pass, LAMB's kept update buffer and the dropout mask
+compared straight into bf16; the same command, 3 runs):
+- recipe bf16: ours 1.223 s/step, 52.3 sequences/s, 60% of 306 GFLOP/s, 6.69x
+  transformers; without dropout 57.5 sequences/s, 66%. fp32: 22.4 sequences/s, 3.77x.
+- small bf16: 2.04x (1.72x-2.32x), 53%; fp32 1.87x, 75%.
+- base bf16: 1.80x (1.78x-1.95x), 64% of 357 GFLOP/s; with LAMB 1.94x, 68%, LAMB's share
+  of the step 10% (9%-10%, floor 4%); fp32 1.60x, 78%, LAMB 4%.
+With --reuse_freed_memory (glibc keeps large freed blocks, as the entry scripts set it on
+the CPU; the same hour, bf16 rows only), both sides stop faulting in the pages of every
+step's tensors over 32 MB, transformers more (its logits cover every token): recipe ours
+56.7 sequences/s, 64%, 5.20x; small 2.06x, 59%; base ours 1.818 s/step against 2.363
+without, transformers 2.786 against 4.611, so 1.49x, 79%, and LAMB 10% (7%-10%).
 The ceiling moves with the machine's load (352-391 GFLOP/s in bf16 one day, 549-753 the
 next, against 737 for a 1024x1024x4096 bf16 product on a quiet day), which is why each run
 measures its own and the shares of two days do not compare. The LAMB floor column is
