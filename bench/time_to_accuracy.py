@@ -11,7 +11,10 @@ create_pretraining_data.py (seq 128). Both runs start from the same initial weig
 the same instances in the same order (our HDF5 reader feeds the Trainer too), with the same
 batch, our LAMB and our poly warm-up schedule (given to Trainer through `optimizers=`; its
 own gradient clipping is off, LAMB clips as in ours), in bf16 autocast on CPUs with native
-bf16 and on GPUs, fp32 elsewhere. The difference is the model and the training-loop code.
+bf16 and on GPUs, fp32 elsewhere. On the CPU the Trainer's process (this one) gets the
+malloc setting that run_pretraining.py's process makes (utils.reuse_freed_memory): without
+it every step of the peer would fault in fresh pages for its full-vocabulary logits. The
+difference is the model and the training-loop code.
 
 The clock. Each run is first timed for --calibration_steps steps; its schedule then spans
 the steps it does in the budget (max_steps = budget / seconds per step), as a user with a
