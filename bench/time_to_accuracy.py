@@ -43,7 +43,10 @@ bench/time_to_accuracy.py --minutes 30 --output_dir results/tta`): ours 2,921 st
 seq/s, held-out masked-LM accuracy 0.142 / 0.198 / 0.354 / 0.419 at 5 / 10 / 20 / 30 min
 and 0.424 at its last checkpoint (31.9 min); transformers 323 steps at 13.5 seq/s, 0.043 /
 0.089 / 0.115 / 0.123, 0.123 at its last (25.5 min); ours reached 0.123 in 236 s against
-the peer's 1,528 s (6.48x). The calibration is off by the machine's noise: ours' schedule
+the peer's 1,528 s (6.48x). Neither process had utils.reuse_freed_memory's malloc setting
+then; with it on both sides bench/bench_model.py's recipe row reads 5.20x instead of 6.69x
+(transformers' full-vocabulary logits fault in the most pages), so expect about a fifth
+less. The calibration is off by the machine's noise: ours' schedule
 ran 6% past the budget and the peer's ended 15% short of it (its accuracy had flattened:
 0.126 at 24.3 min). The curve: a plateau at 0.20 (the model predicts from unigram and local
 statistics) from 8 to 12 minutes, then a jump to 0.31 at 16 minutes, when attention starts
