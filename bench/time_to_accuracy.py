@@ -44,9 +44,11 @@ seq/s, held-out masked-LM accuracy 0.142 / 0.198 / 0.354 / 0.419 at 5 / 10 / 20 
 and 0.424 at its last checkpoint (31.9 min); transformers 323 steps at 13.5 seq/s, 0.043 /
 0.089 / 0.115 / 0.123, 0.123 at its last (25.5 min); ours reached 0.123 in 236 s against
 the peer's 1,528 s (6.48x). Neither process had utils.reuse_freed_memory's malloc setting
-then; with it on both sides bench/bench_model.py's recipe row reads 5.20x instead of 6.69x
-(transformers' full-vocabulary logits fault in the most pages), so expect about a fifth
-less. The calibration is off by the machine's noise: ours' schedule
+then. With it on both sides (a slower evening, `--minutes 6 --no-transfer --eval_every
+90`): ours 367 steps at 64.7 seq/s, 0.082 / 0.107 / 0.120 / 0.139 at 91 / 185 / 275 / 363
+s; transformers 72 steps at 13.8 seq/s (4.7x fewer; 7.2x in the 30-minute run), 0.045 at
+its last checkpoint (333 s), which ours had passed by its first: 3.64x, a lower bound.
+The calibration is off by the machine's noise: ours' schedule
 ran 6% past the budget and the peer's ended 15% short of it (its accuracy had flattened:
 0.126 at 24.3 min). The curve: a plateau at 0.20 (the model predicts from unigram and local
 statistics) from 8 to 12 minutes, then a jump to 0.31 at 16 minutes, when attention starts
