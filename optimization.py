@@ -319,7 +319,7 @@ def _blocked_lamb_update(bucket, clip_divisor, scratch):
         indices = range(start, end)
         small = [i for i in indices if _fits_a_block(masters[i])]
         for chunk in _chunks_of_a_block(small, masters):
-            _multi_tensor_update(bucket, chunk, group, inverse_divisor)
+            _multi_tensor_update(bucket, chunk, group, clip_divisor)
         for index in (i for i in indices if not _fits_a_block(masters[i])):
             master, param = masters[index], bucket["params"][index]
             update = scratch[:master.numel()].view(master.shape)
@@ -349,7 +349,7 @@ def _chunks_of_a_block(indices, masters):
         yield chunk
 
 
-def _multi_tensor_update(bucket, indices, group, inverse_divisor):
+def _multi_tensor_update(bucket, indices, group, clip_divisor):
     """The LAMB update of several small tensors of one group, a block of elements in all,
     with multi-tensor ops: BERT-base's 130 biases and LayerNorm vectors took some 25 ms of
     per-tensor op overhead (the 2-core benchmark machine) as blocks of their own."""
@@ -357,7 +357,7 @@ def _multi_tensor_update(bucket, indices, group, inverse_divisor):
         return [bucket[key][i] for i in indices]
 
     masters = pick("masters")
-    grads = torch._foreach_mul([g.to(masters[0].dtype) for g in pick("grads")], inverse_divisor)
+    grads = _scaled_grads(pick("grads"), masters[0].dtype, clip_divisor)
     updates = _adam_updates(group, grads, pick("exp_avgs"), pick("exp_avg_sqs"), masters,
                             pick("steps"))
     squares = torch.stack(torch._foreach_norm([*masters, *updates])).square().tolist()
