@@ -140,6 +140,7 @@ def main(args):
     utils.check_precision_args(args)
     utils.set_matmul_precision(utils.precision_of(args))
     device = torch.device("cuda" if torch.cuda.is_available() and not args.no_cuda else "cpu")
+    utils.warn_if_emulated(utils.precision_of(args), device)
     tokenizer = FullTokenizer(args.vocab_file, finetuning.do_lower_case(args))
     model = finetuning.load_model(BertForQuestionAnswering, args, device,
                                   will_train=False).eval()

@@ -270,6 +270,7 @@ def init_distributed(no_cuda=False, precision="fp32", timeout_minutes=30):
                            "task per GPU", local_rank, visible, device.index)
         torch.cuda.set_device(device)
     set_matmul_precision(precision)
+    warn_if_emulated(precision, device)
     if device.type == "cpu":
         reuse_freed_memory()
     if launched and not dist.is_initialized():
@@ -357,6 +358,40 @@ def precision_of(args):
     if getattr(args, "bf16", False):
         return "bf16"
     return "tf32" if getattr(args, "tf32", False) else "fp32"
+
+
+# CPU flags (CPUINFO's x86 "flags", Arm "Features") that give a precision's matrix products
+# hardware support; without one torch emulates them.
+CPUINFO = Path("/proc/cpuinfo")
+NATIVE_CPU_FLAGS = {"bf16": {"avx512_bf16", "amx_bf16", "bf16"},
+                    "fp16": {"avx512_fp16", "amx_fp16", "asimdhp"}}
+
+
+def cpu_runs_natively(precision):
+    """Whether this CPU multiplies 'bf16'/'fp16' matrices in hardware (True for the fp32
+    precisions); None where the CPU's flags cannot be read (no /proc/cpuinfo)."""
+    if precision not in NATIVE_CPU_FLAGS:
+        return True
+    try:
+        text = CPUINFO.read_text()
+    except OSError:
+        return None
+    flags = {word for line in text.splitlines()
+             if line.split(":")[0].strip().lower() in ("flags", "features")
+             for word in line.split(":", 1)[-1].split()}
+    return bool(flags & NATIVE_CPU_FLAGS[precision])
+
+
+def warn_if_emulated(precision, device):
+    """Mixed precision on a CPU without matrix instructions for it is emulated: on a 2-core
+    AVX2 EPYC (Zen 3) a BERT-base feed-forward product (1024x768 by 768x3072) ran at 1.0
+    GFLOP/s in bf16 and in fp16 against 161 in fp32. Say so instead of letting a run crawl."""
+    if device.type == "cpu" and cpu_runs_natively(precision) is False:
+        logger.warning("--%s on a CPU without %s matrix instructions (none of %s in "
+                       "/proc/cpuinfo): torch emulates them and matrix products run over "
+                       "100x slower than in fp32; leave out --%s on this machine",
+                       precision, precision, ", ".join(sorted(NATIVE_CPU_FLAGS[precision])),
+                       precision)
 
 
 def set_matmul_precision(precision):

@@ -99,6 +99,8 @@ def run(implementation, precision, train_set, dev_tensors, options, weights, num
 
 def main(options):
     utils.setup_logging()
+    for precision in options.precisions:
+        utils.warn_if_emulated(precision, torch.device("cpu"))
     weights = Path(options.weights) if options.weights else minilm()
     processor = glue.get_processor(options.task)
     data_dir = DATA / ("SST-2" if options.task == "sst-2" else "MRPC")

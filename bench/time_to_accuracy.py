@@ -242,8 +242,7 @@ def precision():
     """bf16 where it is native (CUDA, or a CPU with AMX/AVX512-BF16), else fp32."""
     if torch.cuda.is_available():
         return "bf16"
-    flags = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
-    return "bf16" if ("amx_bf16" in flags or "avx512_bf16" in flags) else "fp32"
+    return "bf16" if utils.cpu_runs_natively("bf16") else "fp32"
 
 
 # ----------------------------------------------------------------------------- ours

@@ -110,3 +110,37 @@ def test_cpu_entry_scripts_serve_large_tensors_from_the_heap(process):
                             capture_output=True, text=True, cwd=REPO, check=True)
     mmapped = int(result.stdout.split()[-1])
     assert mmapped == 0 if process == "entry-script" else mmapped >= 2**26
+
+
+ZEN3_FLAGS = "flags\t\t: fpu sse2 avx avx2 fma f16c sha_ni vaes vpclmulqdq\n"
+SAPPHIRE_RAPIDS_FLAGS = "flags\t\t: avx2 avx512f avx512_bf16 avx512_fp16 amx_bf16 amx_tile\n"
+GRAVITON3_FEATURES = "Features\t: fp asimd asimdhp sve bf16 i8mm\n"
+
+
+@pytest.mark.parametrize("cpuinfo, precision, native", [
+    (ZEN3_FLAGS, "bf16", False), (ZEN3_FLAGS, "fp16", False), (ZEN3_FLAGS, "fp32", True),
+    (SAPPHIRE_RAPIDS_FLAGS, "bf16", True), (SAPPHIRE_RAPIDS_FLAGS, "fp16", True),
+    (GRAVITON3_FEATURES, "bf16", True), (GRAVITON3_FEATURES, "fp16", True),
+    ("processor\t: 0\nmodel name\t: bf16 avx512_bf16 in a name is no flag\n", "bf16", False),
+])
+def test_cpu_native_precision_is_read_from_the_flags(tmp_path, monkeypatch, cpuinfo, precision,
+                                                      native):
+    monkeypatch.setattr(utils, "CPUINFO", tmp_path / "cpuinfo")
+    utils.CPUINFO.write_text(cpuinfo)
+    assert utils.cpu_runs_natively(precision) is native
+
+
+def test_cpu_native_precision_is_unknown_without_cpuinfo(tmp_path, monkeypatch):
+    monkeypatch.setattr(utils, "CPUINFO", tmp_path / "missing")
+    assert utils.cpu_runs_natively("bf16") is None
+
+
+def test_emulated_mixed_precision_is_warned_about(tmp_path, monkeypatch, caplog):
+    monkeypatch.setattr(utils, "CPUINFO", tmp_path / "cpuinfo")
+    utils.CPUINFO.write_text(ZEN3_FLAGS)
+    with caplog.at_level("WARNING", logger="bert"):
+        utils.init_distributed(no_cuda=True, precision="bf16")
+        utils.init_distributed(no_cuda=True, precision="fp32")
+    [record] = caplog.records
+    assert "--bf16 on a CPU without bf16 matrix instructions" in record.getMessage()
+    assert "leave out --bf16" in record.getMessage()
