@@ -81,6 +81,25 @@ compared straight into bf16; the same command, 3 runs):
 - small bf16: 2.04x (1.72x-2.32x), 53%; fp32 1.87x, 75%.
 - base bf16: 1.80x (1.78x-1.95x), 64% of 357 GFLOP/s; with LAMB 1.94x, 68%, LAMB's share
   of the step 10% (9%-10%, floor 4%); fp32 1.60x, 78%, LAMB 4%.
+Measured a fifth time (2026-12-03, a fast morning: the bf16 ceiling read 1,268-1,534
+GFLOP/s, four times the evenings before, fp32 270-320; the same command, 3 runs):
+- recipe bf16: ours 0.588 s/step, 108.8 sequences/s, 26% of 1,479 GFLOP/s, 6.85x
+  transformers; without dropout 132.2 sequences/s, 31%, 8.43x. fp32: 46.1 sequences/s,
+  53%, 4.22x.
+- small bf16: 1.80x (1.80x-2.22x), 22% of 1,343 GFLOP/s; fp32 1.61x, 52%.
+- base bf16: 2.09x (2.04x-2.17x), 33% of 1,280 GFLOP/s; with LAMB 2.41x, 39%, LAMB's share
+  16% against a floor of 10%; fp32 1.43x, 63%, LAMB 7%.
+  With multiplies four times faster the rest of the step shows: the small bf16 step, timed
+  by phase (median of 6, malloc setting on): ours forward 96 ms, backward 97, LAMB 56;
+  transformers 229, 180 and AdamW 50. The optimizer moves 28 B a parameter whichever it is,
+  so it costs both sides alike and caps the ratio (2.5x would need ours' forward and
+  backward 30% faster); at 26 GB/s LAMB's floor alone is 10% of the BERT-base step, so
+  under 10% would need lower-precision optimizer state. A query-key-value projection fused
+  into one GEMM (the three weights concatenated each step) measured 0.254 against 0.251
+  s/step on small and 0.939 against 0.958 on base: not worth its copy.
+  With --reuse_freed_memory (bf16 rows, the next half hour): recipe 107.2 sequences/s,
+  25%, 5.35x; small 1.91x, 23%; base 1.43x, 38% (transformers 1.563 s/step against 2.629
+  without it), LAMB 16% against a floor of 11%.
 With --reuse_freed_memory (glibc keeps large freed blocks, as the entry scripts set it on
 the CPU; the same hour, bf16 rows only), both sides stop faulting in the pages of every
 step's tensors over 32 MB, transformers more (its logits cover every token): recipe ours
