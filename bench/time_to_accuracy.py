@@ -98,9 +98,9 @@ help a 250-step fine-tuning on movie reviews here; the goal of +3 points is not 
 The transfer grows with pre-training, slowly. A later 30-minute run of ours on a slower day
 of the shared machine (60.7 seq/s: 1,626 steps, 0.286 at the end) had its checkpoints
 fine-tuned as `--transfer_from CKPT --dropout 0.1` does (run_glue.py on the same subset,
-fine-tuning dropout 0.1; random weights 0.745 at 3e-4): after 813 steps (masked-LM 0.197) 0.597 at 1e-4 and 0.692 at 3e-4; after 1,626
-steps (0.286) 0.656 and 0.725, and 0.729 at 3e-4 without dropout, against 0.745 after the
-2,921 steps above (0.424). The pre-trained starts also fine-tune more slowly (training
+fine-tuning dropout 0.1; random weights 0.745 at 3e-4): after 813 steps (masked-LM
+0.197) 0.597 at 1e-4 and 0.692 at 3e-4; after 1,626 steps (0.286) 0.656 and 0.725, and
+0.729 at 3e-4 without dropout, against 0.745 after the 2,921 steps above (0.424). The pre-trained starts also fine-tune more slowly (training
 loss 0.62-0.67 after the 250 steps at 1e-4): for 250 steps of fine-tuning a briefly
 pre-trained encoder is a worse start than small random weights below 0.3 masked-LM
 accuracy and only as good at 0.42, so the +3 points need a longer or faster pre-training.
@@ -126,11 +126,12 @@ dev accuracy pre-trained / random weights treated alike: AdamW 3e-4 0.714 / 0.75
 0.753, 1e-2 0.565 / 0.752; word embeddings frozen 0.635 / 0.509; word embeddings at 3x the
 rate 0.762 / 0.758, at 10x 0.767 / 0.776. Frozen features probed by logistic regression
 (random weights 0.627-0.632 for each): [CLS] 0.583, pooler 0.576, mean token state 0.638,
-mean word embedding 0.677. So the classifier is learnt in the word embeddings (frozen, they
-cost the pre-trained start 8 points and random weights 24), this pre-training leaves them 4.5 points of linear sentiment signal, and
-8,000 sentences teach the random ones as much: no variant gave the pre-trained start more
-than 0.4 points over random weights. The +3 points need an encoder that knows more than
-30 minutes on 9.7 MB of books and WikiText teach a 4-layer model here.
+mean word embedding 0.677. So the classifier is learnt in the word embeddings (frozen,
+they cost the pre-trained start 8 points and random weights 24), this pre-training leaves
+them 4.5 points of linear sentiment signal, and 8,000 sentences teach the random ones as
+much: no variant gave the pre-trained start more than 0.4 points over random weights.
+The +3 points need an encoder that knows more than 30 minutes on 9.7 MB of books and
+WikiText teach a 4-layer model here.
 """
 
 import argparse
