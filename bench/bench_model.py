@@ -95,14 +95,16 @@ GFLOP/s, four times the evenings before, fp32 270-320; the same command, 3 runs)
   so it costs both sides alike and caps the ratio (2.5x would need ours' forward and
   backward 30% faster); at 26 GB/s LAMB's floor alone is 10% of the BERT-base step, so
   under 10% would need lower-precision optimizer state. A query-key-value projection fused
-  into one GEMM (the three weights concatenated each step) measured 0.254 against 0.251
-  s/step on small and 0.939 against 0.958 on base: not worth its copy.
-  What is left in ours' small step is mostly dropout: the same step (AdamW, interleaved,
-  median of 8) took 0.220 s, 0.198 without attention-probability dropout and 0.183 without
-  any, 2.65x transformers' 0.485 with its dropout. Of the keep mask for 8x12x128x128
-  probabilities (2.2 ms), torch's CPU generator (mt19937, 1.65 ns a 32-bit word) takes 1.3
-  ms and the bit slicing and compares the rest; inductor's compiled torch.rand mask was
-  slower, so the mask stays as it is.
+  into one GEMM (the three weights concatenated each step) took 0.254 s/step against 0.251
+  unfused on small and 0.939 against 0.958 on base: not worth its copy.
+  The largest cost left in ours' small step is dropout, 17% of it: the same step (AdamW,
+  interleaved, median of 8) took 0.220 s, 0.198 without attention-probability dropout and
+  0.183 without any (transformers, with its dropout, took 0.485 in the table's run). Of the
+  keep mask for 8x12x128x128 probabilities (2.2 ms), torch's CPU generator (mt19937, 1.65
+  ns a 32-bit word) takes 1.3 ms and the bit slicing and compares the rest. An
+  inductor-compiled counter-hash mask took 0.95 ms (about 10 ms of the 220 saved, with a
+  new random stream for every bf16 dropout) and a compiled torch.rand mask 6.6 ms, so the
+  mask stays as it is.
   With --reuse_freed_memory (bf16 rows, the next half hour): recipe 107.2 sequences/s,
   25%, 5.35x; small 1.91x, 23%; base 1.43x, 38% (transformers 1.563 s/step against 2.629
   without it), LAMB 16% against a floor of 11%.

@@ -37,12 +37,12 @@ time ours takes to reach the peer's final accuracy, and that ratio.
 Needs (benchmark only): transformers, accelerate (Trainer) and matplotlib.
 
 Measured (2026-12-03, a fast morning, the same command and defaults, both processes with
-the malloc setting): ours 3,655 steps at 139.5 seq/s, 0.150 / 0.200 / 0.369 / 0.429 at 5 /
-10 / 20 / 30 min (its schedule ended at 28.0 min); transformers 812 steps at 27.9 seq/s,
-0.078 / 0.113 / 0.162 / 0.195, 0.198 at its last checkpoint (31.0 min; its calibrated
-schedule ran 3% past the budget); ours reached 0.198 in 458 s: 4.06x. SST-2 transfer from
-ours' last checkpoint, pre-trained / random: 0.633 / 0.696 at 1e-4, 0.679 / 0.752 at 3e-4,
-0.638 / 0.509 at 1e-3 (random weights do not learn at that rate).
+the malloc setting; the README's plot): ours 3,655 steps at 139.5 seq/s, 0.150 / 0.200 /
+0.369 / 0.429 at 5 / 10 / 20 / 30 min (its schedule ended at 28.0 min); transformers 812
+steps at 27.9 seq/s, 0.078 / 0.113 / 0.162 / 0.195, 0.198 at its last checkpoint (31.0
+min; its calibrated schedule ran 3% past the budget); ours reached 0.198 in 458 s: 4.06x.
+SST-2 transfer from ours' last checkpoint, pre-trained / random: 0.633 / 0.696 at 1e-4,
+0.679 / 0.752 at 3e-4, 0.638 / 0.509 at 1e-3 (random weights do not learn at that rate).
 
 Measured (2026-12-02, the 2-core CPU, torch 2.13, bf16, defaults: 4-layer/256, batch 64,
 LAMB 4e-3, warm-up 0.02, poly degree 0.5, dropout 0, dynamic masking, dupe 5; 112,508
@@ -100,10 +100,11 @@ of the shared machine (60.7 seq/s: 1,626 steps, 0.286 at the end) had its checkp
 fine-tuned as `--transfer_from CKPT --dropout 0.1` does (run_glue.py on the same subset,
 fine-tuning dropout 0.1; random weights 0.745 at 3e-4): after 813 steps (masked-LM
 0.197) 0.597 at 1e-4 and 0.692 at 3e-4; after 1,626 steps (0.286) 0.656 and 0.725, and
-0.729 at 3e-4 without dropout, against 0.745 after the 2,921 steps above (0.424). The pre-trained starts also fine-tune more slowly (training
-loss 0.62-0.67 after the 250 steps at 1e-4): for 250 steps of fine-tuning a briefly
-pre-trained encoder is a worse start than small random weights below 0.3 masked-LM
-accuracy and only as good at 0.42, so the +3 points need a longer or faster pre-training.
+0.729 at 3e-4 without dropout, against 0.745 after the 2,921 steps above (0.424). The
+pre-trained starts also fine-tune more slowly (training loss 0.62-0.67 after the 250 steps
+at 1e-4): for 250 steps of fine-tuning a briefly pre-trained encoder is a worse start than
+small random weights below 0.3 masked-LM accuracy and only as good at 0.42, so the +3
+points need a longer or faster pre-training.
 
 A third 30-minute run (as slow: 1,627 steps, 0.282 at the end) says why. Frozen features
 of its checkpoints, probed by logistic regression on the same 8,000 sentences (dev
