@@ -286,16 +286,18 @@ def _adam_updates(group, grads, exp_avgs, exp_avg_sqs, masters, steps):
 
 
 CPU_BLOCK = 2**17  # elements: a block of each array LAMB touches (5 x 512 KB) stays in cache
-# In models from COMPILE_MIN_MODEL elements up, tensors from COMPILE_MIN_ELEMENTS up take
-# inductor-compiled passes, one fused loop each: BERT-base's fp32 LAMB step took 199 ms
-# against 387 for the blocked eager ops and 628 for separate norm and update passes (the
-# 2-core benchmark machine), so the compile (8-25 s, once per process) pays for itself
-# within some 130 steps there, and within a few hundred at the smallest size compiled.
-# Smaller tensors stay eager, where call overhead dominates anyway, so that the compiled
-# code sees one size regime; smaller models (tests, the quick start's 4.5M, the laptop
-# recipe's 11M) never wait for a compiler.
-COMPILE_MIN_ELEMENTS = 2**18
-COMPILE_MIN_MODEL = 2**24
+# In models from COMPILE_MIN_MODEL elements up, every tensor too large to share a block
+# takes inductor-compiled passes, one fused loop each: BERT-base's fp32 LAMB step took 199
+# ms against 387 for the blocked eager ops and 628 for separate norm and update passes, the
+# laptop recipe's (4-layer/256, 11.3M) 29 ms against 63-75 eager, and all-MiniLM's shape
+# (6-layer/384, 22.9M) 55 ms against 69 when only tensors from 2**18 up were compiled (the
+# 2-core benchmark machine). The compile (16 s cold, 3.4 s from inductor's on-disk cache,
+# once per process) pays for itself within some 500 steps at the smallest size compiled.
+# Tensors that share a block stay eager (compiled one by one they measured no faster: a
+# compiled call costs some 70 us); smaller models (tests, the quick start's 4.5M) never
+# wait for a compiler.
+COMPILE_MIN_ELEMENTS = CPU_BLOCK
+COMPILE_MIN_MODEL = 2**23
 
 
 def _blocked_lamb_update(bucket, clip_divisor, scratch):
