@@ -245,9 +245,21 @@ def test_question_answering_has_no_pooler_like_transformers():
 
 # ----------------------------------------------------------------------------- CPU fast paths
 
-def test_cpu_dropout_drops_at_the_rate_and_keeps_the_expectation():
+@pytest.fixture(params=["eager", "compiled"])
+def dropout_path(request, monkeypatch):
+    """The bf16 CPU dropout's mask eager (every tensor of these tests is small) or
+    inductor-compiled (any size)."""
+    import model
+    monkeypatch.setattr(model, "DROPOUT_COMPILE_MIN_ELEMENTS",
+                        1 if request.param == "compiled" else 2**62)
+    monkeypatch.setattr(model, "_dropout_compile_failed", [])
+    return request.param
+
+
+def test_cpu_dropout_drops_at_the_rate_and_keeps_the_expectation(dropout_path):
+    import model
     torch.manual_seed(0)
-    x = torch.ones(1000, 1001, dtype=torch.bfloat16)  # odd count: the halves differ by one
+    x = torch.ones(1000, 1001, dtype=torch.bfloat16)
     y = dropout(x, 0.1)
     kept = y != 0
     keep_rate = 1 - round(0.1 * 2**DROPOUT_BITS) / 2**DROPOUT_BITS
@@ -255,9 +267,52 @@ def test_cpu_dropout_drops_at_the_rate_and_keeps_the_expectation():
     # Each kept value is 1/keep_rate rounded once to bf16 (not times a rounded scale).
     assert torch.equal(y[kept], torch.tensor(1 / keep_rate).to(torch.bfloat16).expand(
         int(kept.sum())))
-    # Neighbouring elements come from different bits of one word: they must not correlate.
+    # Neighbours, rows and the next call's mask must not correlate with each element.
     flat = kept.reshape(-1).float()
-    assert abs((flat[:-1] * flat[1:]).mean().item() - 0.81) < 0.003
+    for lag in (1, 2, 1001):
+        assert abs((flat[:-lag] * flat[lag:]).mean().item() - 0.81) < 0.003, lag
+    again = dropout(x, 0.1) != 0
+    assert abs((kept == again).float().mean().item() - (0.9**2 + 0.1**2)) < 0.003
+    assert model._dropout_compile_failed == []
+
+
+def test_compiled_cpu_dropout_gives_the_eager_bits_forward_and_backward(monkeypatch):
+    """Whether a tensor's mask is compiled is a matter of speed only: the same seed gives
+    the same output and gradient, so the size threshold (and a machine without a
+    compiler) changes no result."""
+    import model
+    x = torch.randn(3, 50, 70, dtype=torch.bfloat16, requires_grad=True)
+    results = []
+    for threshold in (1, 2**62):
+        monkeypatch.setattr(model, "DROPOUT_COMPILE_MIN_ELEMENTS", threshold)
+        torch.manual_seed(7)
+        y = dropout(x, 0.3)
+        (y.float() * torch.arange(y.numel()).view(y.shape)).sum().backward()
+        results.append((y.detach().clone(), x.grad.clone()))
+        x.grad = None
+    assert model._dropout_compile_failed == []
+    assert torch.equal(results[0][0], results[1][0])
+    assert torch.equal(results[0][1], results[1][1])
+
+
+def test_cpu_dropout_falls_back_to_the_eager_mask_when_compiling_fails(monkeypatch, caplog):
+    import model
+
+    def fails(*_):
+        raise RuntimeError("no C++ compiler found")
+
+    x = torch.randn(40, 30, dtype=torch.bfloat16)
+    torch.manual_seed(2)
+    expected = dropout(x, 0.2)  # eager: the tensor is below the threshold
+    monkeypatch.setattr(model, "DROPOUT_COMPILE_MIN_ELEMENTS", 1)
+    monkeypatch.setattr(model, "_dropout_compile_failed", [])
+    monkeypatch.setattr(model, "_compiled_hash_dropout", lambda: fails)
+    torch.manual_seed(2)
+    with caplog.at_level("WARNING"):
+        assert torch.equal(dropout(x, 0.2), expected)
+        dropout(x, 0.2)
+    warnings = [r.getMessage() for r in caplog.records if "torch.compile" in r.getMessage()]
+    assert len(warnings) == 1 and "RuntimeError: no C++ compiler found" in warnings[0]
 
 
 def test_cpu_dropout_is_seeded_identity_in_eval_and_its_gradient_is_the_mask():
