@@ -49,7 +49,7 @@ import torch.nn.functional as F
 import torch.utils.checkpoint
 from torch import nn
 
-from utils import atomic_write_text, load_tensors, logger
+from utils import CompiledOrEager, atomic_write_text, load_tensors, logger
 
 
 @functools.cache
@@ -217,24 +217,13 @@ def _hash_dropout(flat, keys, threshold):
 _MIX = (-2048144789, -1028477387)  # murmur3's 0x85EBCA6B and 0xC2B2AE35 as int32
 
 
+_HASH_DROPOUT = CompiledOrEager(_hash_dropout, "dropout's CPU mask")
+
+
 def _apply_hash_dropout(x, keys, threshold):
     flat = x.contiguous().view(-1)
-    if flat.numel() >= DROPOUT_COMPILE_MIN_ELEMENTS and not _dropout_compile_failed:
-        try:
-            return _compiled_hash_dropout()(flat, keys, threshold).view(x.shape)
-        except Exception as e:  # torch.compile raises many exception types
-            _dropout_compile_failed.append(e)
-            logger.warning("dropout: torch.compile of the CPU mask failed (%s: %s); the same "
-                           "mask eagerly from now on (slower)", type(e).__name__, e)
-    return _hash_dropout(flat, keys, threshold).view(x.shape)
-
-
-@functools.cache
-def _compiled_hash_dropout():
-    return torch.compile(_hash_dropout, dynamic=True)
-
-
-_dropout_compile_failed = []  # the error, once compiling has failed in this process
+    compile = flat.numel() >= DROPOUT_COMPILE_MIN_ELEMENTS
+    return _HASH_DROPOUT(flat, keys, threshold, compile=compile).view(x.shape)
 
 
 class _HashDropout(torch.autograd.Function):
@@ -633,39 +622,58 @@ def cross_entropy_ignoring_negatives(logits, labels, classes=None):
     return (losses * counted).sum() / counted.sum().clamp(min=1)
 
 
+def _row_losses(logits, targets, classes):
+    """(per-row cross-entropy over the first `classes` columns, the rows' log-normalisers),
+    in fp32 from low-precision logits."""
+    real = logits[:, :classes].float()
+    row_max = real.amax(dim=1, keepdim=True)
+    log_normaliser = (row_max + (real - row_max).exp().sum(dim=1, keepdim=True).log()).squeeze(1)
+    return log_normaliser - real.gather(1, targets[:, None]).squeeze(1), log_normaliser
+
+
+def _row_losses_backward(logits, targets, log_normaliser, grad_losses, classes):
+    """d loss_r / d z_rc = (softmax_rc - [c == target_r]) times the row's incoming
+    gradient, in fp32, rounded once to the logits' dtype; 0 in the padding columns."""
+    column = torch.arange(logits.shape[1], device=logits.device)
+    softmax = (logits.float() - log_normaliser[:, None]).exp()
+    grad = (softmax - (column == targets[:, None]).float()) * grad_losses[:, None]
+    return torch.where(column < classes, grad, 0.0).to(logits.dtype)
+
+
+_ROW_LOSSES = CompiledOrEager(_row_losses, "the masked-LM loss")
+_ROW_LOSSES_BACKWARD = CompiledOrEager(_row_losses_backward, "the masked-LM loss's backward")
+CROSS_ENTROPY_COMPILE_MIN_ELEMENTS = 2**20  # CPU logits from this size up: compiled
+
+
 class _LowPrecisionCrossEntropy(torch.autograd.Function):
-    """Per-row cross-entropy of bf16/fp16 logits over their first `classes` columns, without
-    an fp32 copy of the logits: the sum of exp(z - max) is accumulated in fp32 but returned
-    in the logits' dtype (a relative error of at most 2**-9 in bf16, so at most 0.002 on a
-    row's loss and 0.2% on its gradient's scale; random in sign from row to row).
+    """Per-row cross-entropy of bf16/fp16 logits over their first `classes` columns,
+    computed in fp32 without keeping an fp32 copy: on the CPU each direction is one
+    inductor-compiled pass over the logits (the backward recomputes the softmax from them
+    and the saved log-normalisers).
 
     F.cross_entropy(logits.float()) of the masked-LM head copies (masked tokens x vocabulary)
     to fp32 and runs log-softmax and its backward over the copy: on the CPU it was 15% of a
-    bf16 pre-training step (4-layer/256, batch 64), against 3 bf16 passes here. exp(z - max)
-    is kept from forward as the gradient's buffer, at the padded width with zeros in the
-    padding columns, so that the backward is one in-place scale.
+    bf16 pre-training step (4-layer/256, batch 64). Eager bf16 passes with the exponentials
+    kept for the backward then took 78-80 ms forward and backward at the recipe's 1161 x
+    30522 (the 2-core benchmark machine, the malloc setting on), these compiled passes 43-52.
+    Elsewhere (small logits, accelerators) the same functions run eagerly.
     """
 
     @staticmethod
     def forward(ctx, logits, targets, classes):
-        real = logits[:, :classes]
-        row_max = real.amax(dim=1, keepdim=True)
-        exps = torch.empty_like(logits)
-        exps[:, classes:] = 0
-        torch.sub(real, row_max, out=exps[:, :classes]).exp_()
-        sum_exp = exps.sum(dim=1).float()  # sum(dtype=float32) would copy all of exps
-        log_normaliser = row_max.squeeze(1).float() + sum_exp.log()
-        ctx.save_for_backward(exps, targets, sum_exp)
-        return log_normaliser - real.gather(1, targets[:, None]).squeeze(1).float()
+        compile = (logits.device.type == "cpu"
+                   and logits.numel() >= CROSS_ENTROPY_COMPILE_MIN_ELEMENTS)
+        losses, log_normaliser = _ROW_LOSSES(logits, targets, classes, compile=compile)
+        ctx.save_for_backward(logits, targets, log_normaliser)
+        ctx.classes, ctx.compile = classes, compile
+        return losses
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_losses):
-        exps, targets, sum_exp = ctx.saved_tensors
-        # d loss_r / d z_rc = softmax_rc - [c == target_r], times the row's incoming gradient.
-        grad = exps.mul_((grad_losses / sum_exp).to(exps.dtype)[:, None])
-        rows = torch.arange(len(targets), device=targets.device)
-        grad[rows, targets] -= grad_losses.to(grad.dtype)
+        logits, targets, log_normaliser = ctx.saved_tensors
+        grad = _ROW_LOSSES_BACKWARD(logits, targets, log_normaliser, grad_losses.float(),
+                                    ctx.classes, compile=ctx.compile)
         return grad, None, None
 
 

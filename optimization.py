@@ -62,7 +62,7 @@ from itertools import chain
 import torch
 from torch.optim.lr_scheduler import LambdaLR
 
-from utils import logger
+from utils import CompiledOrEager, logger
 
 NO_DECAY = ("bias", "LayerNorm.weight", "LayerNorm.bias")
 
@@ -415,53 +415,28 @@ def _eager_apply_pass(tensors, step_size):
 
 
 def _compiled_adam_pass(tensors, scalars):
-    squares = _compiled_blocks()[0](*(t.view(-1) for t in tensors), scalars)
+    squares = _ADAM_BLOCK(*(t.view(-1) for t in tensors), scalars)
     return tuple(value.item() for value in squares)
 
 
 def _compiled_apply_pass(tensors, step_size):
     master, update, param = (t.view(-1) for t in tensors)
-    _compiled_blocks()[1](master, update, master if tensors[2] is tensors[0] else param,
-                          step_size)
+    _APPLY_BLOCK(master, update, master if tensors[2] is tensors[0] else param, step_size,
+                 compile=_ADAM_BLOCK.error is None)  # one warning where compiling fails
 
 
 def _cpu_passes(master, large_model):
     """(adam pass, apply pass) for a tensor: compiled for large contiguous ones of a large
     model where inductor works here, else the blocked eager ones."""
     if (not large_model or master.numel() < COMPILE_MIN_ELEMENTS
-            or not master.is_contiguous() or _compile_failed):
+            or not master.is_contiguous() or _ADAM_BLOCK.error or _APPLY_BLOCK.error):
         return _eager_adam_pass, _eager_apply_pass
-    return _GUARDED_COMPILED_PASSES
+    return _compiled_adam_pass, _compiled_apply_pass
 
 
-@functools.cache
-def _compiled_blocks():
-    """_adam_block and _apply_block compiled by inductor, for any size (compiled on first
-    use, once per process; inductor's on-disk cache makes later processes faster)."""
-    return torch.compile(_adam_block, dynamic=True), torch.compile(_apply_block, dynamic=True)
-
-
-_compile_failed = []  # the error, once compiling has failed in this process
-
-
-def _guarded(compiled_pass, eager_pass):
-    """compiled_pass, falling back to eager_pass for the rest of the process if compiling
-    fails (no C++ compiler, an inductor error): a compile error happens before any tensor
-    is written, so the eager pass redoes the same work."""
-    def run(tensors, scalar):
-        if not _compile_failed:
-            try:
-                return compiled_pass(tensors, scalar)
-            except Exception as e:  # torch.compile raises many exception types
-                _compile_failed.append(e)
-                logger.warning("LAMB: torch.compile of the CPU passes failed (%s: %s); "
-                               "eager passes from now on", type(e).__name__, e)
-        return eager_pass(tensors, scalar)
-    return run
-
-
-_GUARDED_COMPILED_PASSES = (_guarded(_compiled_adam_pass, _eager_adam_pass),
-                            _guarded(_compiled_apply_pass, _eager_apply_pass))
+# Where compiling fails, the tensor at hand is done eagerly whole, and later ones blocked.
+_ADAM_BLOCK = CompiledOrEager(_adam_block, "LAMB's CPU moments pass")
+_APPLY_BLOCK = CompiledOrEager(_apply_block, "LAMB's CPU update pass")
 
 
 def _trust_ratio(param_square, update_square):

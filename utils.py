@@ -20,6 +20,7 @@ import argparse
 import contextlib
 import ctypes
 import datetime
+import functools
 import importlib.util
 import json
 import linecache
@@ -392,6 +393,31 @@ def warn_if_emulated(precision, device):
                        "100x slower than in fp32; leave out --%s on this machine",
                        precision, precision, ", ".join(sorted(NATIVE_CPU_FLAGS[precision])),
                        precision)
+
+
+class CompiledOrEager:
+    """`function`, compiled by inductor (dynamic shapes, on first use, once per process)
+    when called with compile=True; if compiling fails (no C++ compiler, an inductor error),
+    one warning naming `what` and the error, and `function` itself from then on. A compile
+    error comes before anything is written, so the eager call redoes the same work."""
+
+    def __init__(self, function, what):
+        self.function, self.what = function, what
+        self.error = None  # why compiling failed, once it has
+
+    @functools.cached_property
+    def compiled(self):
+        return torch.compile(self.function, dynamic=True)
+
+    def __call__(self, *args, compile=True):
+        if compile and self.error is None:
+            try:
+                return self.compiled(*args)
+            except Exception as e:  # torch.compile raises many exception types
+                self.error = e
+                logger.warning("%s: torch.compile failed (%s: %s); eager from now on, slower",
+                               self.what, type(e).__name__, e)
+        return self.function(*args)
 
 
 def set_matmul_precision(precision):
