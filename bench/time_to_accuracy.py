@@ -21,8 +21,9 @@ the steps it does in the budget (max_steps = budget / seconds per step), as a us
 time budget would set it. Both write checkpoints every --eval_every seconds' worth of steps,
 kept and evaluated afterwards with one evaluation function (ours), so evaluation time is
 outside the clock. Train seconds at a checkpoint are measured from the first step (the
-first step's time estimated by the median step); they include the checkpoint writes of both
-runs (under 1% of the time at the default interval).
+first step's time estimated by the median step, so ours' one-off compile of its LAMB and
+loss passes, 3-16 s, is outside the clock like the peer's own first-step set-up); they
+include the checkpoint writes of both runs (under 1% of the time at the default interval).
 
 `--equal_steps N` checks the premise instead: both run N steps in fp32 with dropout off and
 the largest per-step loss difference is printed (goal: under 1e-3 over 50 steps), so a
