@@ -297,7 +297,14 @@ def reuse_freed_memory():
     faster. With mmap off (M_MMAP_MAX 0) large blocks come from the heap, and a trim
     threshold of 2 GB (the most mallopt takes) keeps freed ones there. Resident memory
     then stays at the peak of the process, which training reaches in its first steps
-    anyway; the CPU processes of the entry scripts call this (init_distributed)."""
+    anyway; the CPU processes of the entry scripts call this (init_distributed).
+
+    torch allocates with 64-byte alignment, for which glibc splits small slivers off each
+    large block; its per-thread cache (tcache) keeps them, so a freed block cannot merge
+    with them and is too small for the next request of the same size: on that machine a
+    30522x384 fp32 zeros still faulted in all its pages each time (9.5 ms, against 1.1
+    with the cache off). The cache can be turned off only before the process starts, by
+    GLIBC_TUNABLES=glibc.malloc.tcache_count=0, as scripts/run_*.sh do."""
     if not _runs_on_glibc():
         return False
     libc = ctypes.CDLL(None)

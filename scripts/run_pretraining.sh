@@ -37,6 +37,10 @@
 # MAX_PREDICTIONS_PHASE1/2 (20/80), EXTRA_ARGS (appended to both phases).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# glibc's thread cache keeps the slivers that torch's aligned allocations split off, so a
+# freed large block is not reused and each step faults in fresh pages (see
+# utils.reuse_freed_memory): without the cache SST-2 bf16 fine-tuning ran 6-16% faster.
+export GLIBC_TUNABLES=${GLIBC_TUNABLES:-glibc.malloc.tcache_count=0}
 
 train_batch_size=${1:-8192}
 learning_rate=${2:-6e-3}
