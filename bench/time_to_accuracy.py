@@ -137,7 +137,7 @@ WikiText teach a 4-layer model here.
 
 After the compiled masked-LM loss and LAMB passes (2026-12-03 afternoon, `--minutes 30
 --runs ours --eval_every 300`): 3,729 steps at 147.0 seq/s, 0.164 / 0.207 / 0.386 / 0.434
-at 5 / 10 / 20 / 27.1 min (the calibration's 0.483 s/step against some 0.436 run: the
+at 5 / 10 / 20 / 27.1 min (calibrated at 0.483 s/step, it ran at about 0.436: the
 schedule ended early). SST-2 from its last checkpoint, pre-trained / random: 0.658 / 0.696
 at 1e-4, 0.709 / 0.747 at 3e-4, 0.713 / 0.509 at 1e-3: still 3.8 points short at the best
 rate for random weights.
