@@ -429,7 +429,8 @@ def _cpu_passes(master, large_model):
     """(adam pass, apply pass) for a tensor: compiled for large contiguous ones of a large
     model where inductor works here, else the blocked eager ones."""
     if (not large_model or master.numel() < COMPILE_MIN_ELEMENTS
-            or not master.is_contiguous() or _ADAM_BLOCK.error or _APPLY_BLOCK.error):
+            or not master.is_contiguous() or _ADAM_BLOCK.error is not None
+            or _APPLY_BLOCK.error is not None):
         return _eager_adam_pass, _eager_apply_pass
     return _compiled_adam_pass, _compiled_apply_pass
 
