@@ -416,7 +416,7 @@ def _eager_apply_pass(tensors, step_size):
 
 def _compiled_adam_pass(tensors, scalars):
     squares = _ADAM_BLOCK(*(t.view(-1) for t in tensors), scalars)
-    return tuple(value.item() for value in squares)
+    return tuple(float(value) for value in squares)  # 0-d tensors, or the fallback's floats
 
 
 def _compiled_apply_pass(tensors, step_size):
@@ -435,9 +435,18 @@ def _cpu_passes(master, large_model):
     return _compiled_adam_pass, _compiled_apply_pass
 
 
-# Where compiling fails, the tensor at hand is done eagerly whole, and later ones blocked.
-_ADAM_BLOCK = CompiledOrEager(_adam_block, "LAMB's CPU moments pass")
-_APPLY_BLOCK = CompiledOrEager(_apply_block, "LAMB's CPU update pass")
+def _blocked_adam_block(grad, exp_avg, exp_avg_sq, master, update, scalars):
+    return _eager_adam_pass((grad, exp_avg, exp_avg_sq, master, update), scalars)
+
+
+def _blocked_apply_block(master, update, param, step_size):
+    _eager_apply_pass((master, update, param), step_size)
+
+
+# Where compiling fails, the tensor at hand and all later ones take the blocked eager passes.
+_ADAM_BLOCK = CompiledOrEager(_adam_block, "LAMB's CPU moments pass", eager=_blocked_adam_block)
+_APPLY_BLOCK = CompiledOrEager(_apply_block, "LAMB's CPU update pass",
+                               eager=_blocked_apply_block)
 
 
 def _trust_ratio(param_square, update_square):

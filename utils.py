@@ -404,12 +404,14 @@ def warn_if_emulated(precision, device):
 
 class CompiledOrEager:
     """`function`, compiled by inductor (dynamic shapes, on first use, once per process)
-    when called with compile=True; if compiling fails (no C++ compiler, an inductor error),
-    one warning naming `what` and the error, and `function` itself from then on. A compile
-    error comes before anything is written, so the eager call redoes the same work."""
+    when called with compile=True; uncompiled (`eager`, by default `function` itself) when
+    called with compile=False and, once compiling has failed (no C++ compiler, an inductor
+    error), from then on, after one warning naming `what` and the error. A compile error
+    comes before anything is written, so the eager call redoes the same work."""
 
-    def __init__(self, function, what):
+    def __init__(self, function, what, eager=None):
         self.function, self.what = function, what
+        self.eager = eager or function
         self.error = None  # why compiling failed, once it has
 
     @functools.cached_property
@@ -424,7 +426,7 @@ class CompiledOrEager:
                 self.error = e
                 logger.warning("%s: torch.compile failed (%s: %s); eager from now on, slower",
                                self.what, type(e).__name__, e)
-        return self.function(*args)
+        return self.eager(*args)
 
 
 def set_matmul_precision(precision):
