@@ -297,13 +297,16 @@ class BertEmbeddings(nn.Module):
         self.register_buffer("position_ids", torch.arange(config.max_position_embeddings)[None],
                              persistent=False)
 
-    def forward(self, input_ids, token_type_ids):
+    def forward(self, input_ids, token_type_ids, sparse_word_gradient=False):
+        """sparse_word_gradient: the word table's gradient from this lookup as a sparse
+        tensor (the looked-up rows only), for a table that also gets a dense gradient."""
         seq_len = input_ids.shape[1]
         if not torch.jit.is_tracing() and seq_len > self.position_ids.shape[1]:
             raise ValueError(f"a sequence of {seq_len} tokens is longer than the model's "
                              f"max_position_embeddings ({self.position_ids.shape[1]}): "
                              f"truncate the input (--max_seq_length)")
-        embeddings = (self.word_embeddings(input_ids)
+        words = F.embedding(input_ids, self.word_embeddings.weight, sparse=sparse_word_gradient)
+        embeddings = (words
                       + self.position_embeddings(self.position_ids[:, :seq_len])
                       + self.token_type_embeddings(token_type_ids))
         return self.dropout(to_cpu_autocast_dtype(self.LayerNorm(embeddings)))
@@ -553,11 +556,12 @@ class BertModel(BertPreTrainedModel):
             self.embeddings.word_embeddings.weight[config.vocab_size:].zero_()
 
     def forward(self, input_ids, token_type_ids=None, attention_mask=None, token_index=None,
-                padded=None):
-        """token_index and padded: see TokenLayout (optional; computed here when absent)."""
+                padded=None, sparse_word_gradient=False):
+        """token_index and padded: see TokenLayout (optional; computed here when absent).
+        sparse_word_gradient: see BertEmbeddings."""
         if token_type_ids is None:
             token_type_ids = torch.zeros_like(input_ids)
-        hidden_states = self.embeddings(input_ids, token_type_ids)
+        hidden_states = self.embeddings(input_ids, token_type_ids, sparse_word_gradient)
         layout = TokenLayout(attention_mask, token_index, padded)
         sequence_output = self.encoder(hidden_states, layout)
         pooled_output = self.pooler(sequence_output) if self.pooler is not None else None
@@ -695,8 +699,12 @@ class BertForPreTraining(BertPreTrainedModel):
         next_sentence_labels is given (else next_sentence_loss is None).
         token_index, masked_lm_index and padded are what add_batch_indices computes on the
         host; when absent they are computed here (a host sync each on a GPU)."""
+        # With the losses the decoder's dense gradient of the tied table is certain, and on
+        # the CPU the lookup's rows are then added into it sparsely: no zero-filled
+        # (vocab, hidden) gradient and no second sum over the whole table.
+        sparse_word_gradient = masked_lm_labels is not None and input_ids.device.type == "cpu"
         sequence_output, pooled_output = self.bert(input_ids, token_type_ids, attention_mask,
-                                                   token_index, padded)
+                                                   token_index, padded, sparse_word_gradient)
         seq_relationship_scores = self.cls.seq_relationship(pooled_output)
         if masked_lm_labels is None:
             return self.cls.predictions(sequence_output), seq_relationship_scores

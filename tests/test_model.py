@@ -116,6 +116,29 @@ def test_pretraining_logits_and_losses_match_transformers():
     assert_close(masked_lm_loss + next_sentence_loss, total_loss)
 
 
+def test_pretraining_gradients_match_transformers_and_accumulate():
+    """Every parameter's gradient, the tied word table's included (ours adds the lookup's
+    rows into the decoder's dense gradient sparsely on the CPU), over two backward passes."""
+    ours = BertForPreTraining(tiny_config())
+    theirs = hf_twin(ours, transformers.BertForPreTraining).train()
+    ours.eval(), theirs.eval()  # no dropout: the same function on both sides
+    input_ids, token_type_ids, attention_mask = random_batch(ours.config)
+    next_sentence_labels = torch.tensor([0, 1, 1])
+    for _ in range(2):
+        ours(input_ids, token_type_ids, attention_mask,
+             masked_lm_labels=masked_lm_labels_for(input_ids, attention_mask, -1),
+             next_sentence_labels=next_sentence_labels)[0].backward()
+        theirs(input_ids=input_ids, token_type_ids=token_type_ids,
+               attention_mask=attention_mask,
+               labels=masked_lm_labels_for(input_ids, attention_mask, -100),
+               next_sentence_label=next_sentence_labels).loss.backward()
+    word_gradient = ours.bert.embeddings.word_embeddings.weight.grad
+    assert word_gradient.layout == torch.strided
+    reference = dict(theirs.named_parameters())
+    for name, parameter in ours.named_parameters():
+        assert_close(parameter.grad, reference[name].grad)
+
+
 def test_question_answering_matches_transformers():
     ours = BertForQuestionAnswering(tiny_config()).eval()
     theirs = hf_twin(ours, transformers.BertForQuestionAnswering)
