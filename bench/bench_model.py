@@ -136,6 +136,12 @@ rows; the same command, 3 runs):
   item left is that large. torch.compile of every BertLayer (train mode, bf16, dynamic
   shapes) gave 0.179 s/step against 0.186 eager on small, after 16 s of compiling, and of
   the feed-forward's first half alone 0.196: not adopted.
+  Since then the word lookup's gradient goes into the tied table sparsely on the CPU (no
+  zero-filled table, no full-table sum): alone, small's lookup-and-decoder forward and
+  backward 67-73 ms against 79-81; the code before and after side by side (`--configs small
+  recipe --bf16 --no_fp32 --runs 1 --reuse_freed_memory`, alternating, twice each, with
+  GLIBC_TUNABLES=glibc.malloc.tcache_count=0): small 0.187-0.188 s against 0.181-0.184
+  (2.21x-2.26x against 2.28x-2.29x), the recipe 0.457-0.461 against 0.459-0.464 (no change).
 With --reuse_freed_memory (glibc keeps large freed blocks, as the entry scripts set it on
 the CPU; the same hour, bf16 rows only), both sides stop faulting in the pages of every
 step's tensors over 32 MB, transformers more (its logits cover every token): recipe ours
