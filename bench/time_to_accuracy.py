@@ -285,9 +285,8 @@ def choose_vocab(args, folder, text_files):
         return args.vocab_file or default_vocab()
     path = folder / f"vocab_{args.vocab_size}.txt"
     if not path.exists():
-        vocab = build_vocab.build_vocab([text_files["train"]], args.vocab_size,
-                                        disable_progress_bar=True)
-        utils.atomic_write_text(path, "\n".join(vocab) + "\n")
+        build_vocab.write_vocab(path, build_vocab.build_vocab(
+            [text_files["train"]], args.vocab_size, disable_progress_bar=True))
     return path
 
 

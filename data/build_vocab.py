@@ -195,6 +195,11 @@ def build_vocab(files, vocab_size, do_lower_case=True, min_frequency=2,
                                                min_frequency)
 
 
+def write_vocab(path, vocab):
+    """vocab.txt, one entry per line, written atomically."""
+    utils.atomic_write_text(path, "\n".join(vocab) + "\n")
+
+
 def main(args):
     utils.setup_logging()
     files = expand_input_files(args.input_file)
@@ -204,7 +209,7 @@ def main(args):
     start = time.monotonic()
     vocab = build_vocab(files, args.vocab_size, args.do_lower_case, args.min_frequency,
                         args.disable_progress_bar)
-    utils.atomic_write_text(output, "\n".join(vocab) + "\n")
+    write_vocab(output, vocab)
     short = (f" (no pair occurs {args.min_frequency} times beyond these)"
              if len(vocab) < args.vocab_size else "")
     utils.logger.info("wrote %s: %d entries%s in %.1f s", output, len(vocab), short,
