@@ -99,6 +99,7 @@ def run(implementation, precision, train_set, dev_tensors, options, weights, num
 
 def main(options):
     utils.setup_logging()
+    utils.reuse_freed_memory()  # the malloc settings of run_glue.py's CPU process, for both
     for precision in options.precisions:
         utils.warn_if_emulated(precision, torch.device("cpu"))
     weights = Path(options.weights) if options.weights else minilm()
