@@ -146,6 +146,10 @@ def parse_args(argv=None):
     parser.add_argument("--no_dropout", action="store_true",
                         help="pre-train without dropout (as recent recipes do; faster), "
                              "whatever --config_file says; fine-tuning still reads its dropout")
+    parser.add_argument("--no_nsp", action="store_true",
+                        help="masked-LM loss only, as RoBERTa pre-trains (the next-sentence "
+                             "head stays in the checkpoint, untrained; the shards' sentence "
+                             "pairs are read as they are)")
     parser.add_argument("--do_train", action="store_true", help="accepted for compatibility")
     parser.add_argument("--use_env", action="store_true", help="accepted for compatibility")
     utils.add_common_args(parser)
@@ -319,10 +323,14 @@ class Trainer:
             batch = add_batch_indices(next(batches), pin_memory=device.type == "cuda")
             batch = {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v
                      for k, v in batch.items()}
+            if self.args.no_nsp:  # the model then returns no next-sentence loss
+                del batch["next_sentence_labels"]
             with self._sync_context(micro_step == accumulation - 1):
                 with utils.autocast(self.precision, self.distributed.device):
                     total, masked_lm, next_sentence = self.model(**batch)
                 self.scaler.scale(total / accumulation).backward()
+            if next_sentence is None:
+                next_sentence = torch.zeros_like(masked_lm)
             losses += torch.stack([total, masked_lm, next_sentence]).detach() / accumulation
         learning_rate = self.optimizer.param_groups[0]["lr"]
         applied = utils.optimizer_step(self.optimizer, self.scheduler, self.scaler)

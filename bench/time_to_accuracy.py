@@ -228,6 +228,9 @@ def parse_args(argv=None):
     parser.add_argument("--dropout", type=float, default=0.0,
                         help="hidden and attention dropout in pre-training")
     parser.add_argument("--dynamic_masking", action=argparse.BooleanOptionalAction, default=True)
+    parser.add_argument("--nsp", action=argparse.BooleanOptionalAction, default=True,
+                        help="--no-nsp: masked-LM loss only (run_pretraining.py --no_nsp; the "
+                             "peer then trains transformers' BertForMaskedLM)")
     parser.add_argument("--eval_every", type=float, default=120.0,
                         help="seconds of training between evaluated checkpoints")
     parser.add_argument("--calibration_steps", type=int, default=40,
@@ -358,6 +361,8 @@ def pretraining_arguments(args, data, config_file, init, output, max_steps, chec
                  "--pad_vocab_to_multiple_of", "1", "--log_freq", "1", "--disable_progress_bar"]
     if args.dynamic_masking:
         arguments.append("--dynamic_masking")
+    if not args.nsp:
+        arguments.append("--no_nsp")
     if precision == "bf16":
         arguments.append("--bf16")
     return arguments
@@ -403,6 +408,8 @@ class InstanceStream(torch.utils.data.IterableDataset):
                            "labels": batch["masked_lm_labels"].masked_fill(
                                batch["masked_lm_labels"] < 0, -100),
                            "next_sentence_label": batch["next_sentence_labels"]}
+                if args.no_nsp:  # BertForMaskedLM takes no such argument
+                    del renamed["next_sentence_label"]
                 for row in range(len(renamed["input_ids"])):
                     yield {name: tensor[row] for name, tensor in renamed.items()}
         finally:
@@ -417,10 +424,13 @@ def run_transformers(args, data, config_file, init, output, max_steps, checkpoin
 
     utils.reuse_freed_memory()  # the malloc settings of ours' run_pretraining.py process
     config = json.loads(Path(config_file).read_text())
-    model = transformers.BertForPreTraining(transformers.BertConfig(
-        **config, attn_implementation="sdpa"))
+    # Without NSP a user picks the masked-LM class; the two share their parameter names.
+    model_class = transformers.BertForPreTraining if args.nsp else transformers.BertForMaskedLM
+    model = model_class(transformers.BertConfig(**config, attn_implementation="sdpa"))
     state = torch.load(init, weights_only=True)["model"]
-    model.load_state_dict(state, strict=False)  # our dict lacks HF's tied decoder alias only
+    # Our dict lacks HF's tied decoder alias only (and has the pooler and NSP head, which
+    # BertForMaskedLM has not).
+    model.load_state_dict(state, strict=False)
     optimizer = make_lamb(param_groups(model, weight_decay=0.01), lr=args.learning_rate,
                           prefer_apex=False)
     scheduler = poly_warmup_schedule(optimizer, args.warmup_proportion, max_steps,

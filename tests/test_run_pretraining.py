@@ -12,6 +12,7 @@ import pytest
 import torch
 
 import run_pretraining
+import utils
 from conftest import REPO, write_pretraining_inputs
 from pretraining_data import PretrainingBatches, find_input_files, read_shard, to_batch
 
@@ -436,3 +437,32 @@ def test_no_dropout_makes_training_steps_deterministic_whatever_the_config(shard
         losses[flag] = [model(**batch)[0].item() for _ in range(2)]
     assert losses[()][0] != losses[()][1]
     assert losses[("--no_dropout",)][0] == losses[("--no_dropout",)][1]
+
+
+def logged_records(output_dir):
+    return [record["data"] for record in map(json.loads, (
+        line.removeprefix("DLLL ") for line in (output_dir / "dllogger.json").read_text()
+        .splitlines())) if record["type"] == "LOG" and record["step"]]
+
+
+def test_no_nsp_trains_the_masked_lm_only_and_leaves_the_nsp_head_as_initialised(shards,
+                                                                                  tmp_path):
+    args = args_for(*shards, tmp_path / "mlm_only", "--no_nsp")
+    utils.seed_everything(args.seed, 0)  # as main seeds before it builds the model
+    initial = run_pretraining.build_model(args, torch.device("cpu")).state_dict()
+    run_pretraining.main(args)
+    run_pretraining.main(args_for(*shards, tmp_path / "both"))
+
+    records = logged_records(tmp_path / "mlm_only")
+    assert len(records) == 8
+    assert all(r["nsp_loss"] == 0.0 and r["loss"] == r["mlm_loss"] for r in records)
+    both = logged_records(tmp_path / "both")
+    assert both[0]["mlm_loss"] == pytest.approx(records[0]["mlm_loss"], rel=1e-6)
+    assert both[0]["loss"] > both[0]["mlm_loss"] + 0.1  # its NSP loss starts near ln 2
+    untrained = ("cls.seq_relationship.weight", "bert.pooler.dense.weight")
+    for key in untrained:
+        assert torch.equal(final_weights(tmp_path / "mlm_only")["model"][key], initial[key])
+        assert not torch.equal(final_weights(tmp_path / "both")["model"][key], initial[key])
+    word_table = "bert.embeddings.word_embeddings.weight"
+    assert not torch.equal(final_weights(tmp_path / "mlm_only")["model"][word_table],
+                           initial[word_table])

@@ -72,9 +72,11 @@ def test_outputs_are_written_in_the_documented_shape(tmp_path):
     assert (tmp_path / "accuracy.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_ours_and_trainer_take_the_same_steps(tmp_path, monkeypatch):
+@pytest.mark.parametrize("nsp", ["--nsp", "--no-nsp"])
+def test_ours_and_trainer_take_the_same_steps(tmp_path, monkeypatch, nsp):
     """--equal_steps on a tiny model: fp32, dropout off, the same data, weights, LAMB and
-    schedule give the same per-step losses (to float rounding)."""
+    schedule give the same per-step losses (to float rounding), with the next-sentence
+    loss and without it (the peer is then transformers' BertForMaskedLM)."""
     pytest.importorskip("accelerate")
     corpus = tmp_path / "corpus.txt"
     corpus.write_text(sample_documents(6, lines_per_document=40), encoding="utf-8")
@@ -86,7 +88,7 @@ def test_ours_and_trainer_take_the_same_steps(tmp_path, monkeypatch):
     monkeypatch.setattr(tta, "PREDICTIONS", PREDICTIONS)
     difference = tta.main(tta.parse_args([
         "--corpus", str(corpus), "--vocab_file", str(vocab), "--held_out_documents", "1",
-        "--dupe_factor", "2", "--batch_size", "8", "--equal_steps", "4",
+        "--dupe_factor", "2", "--batch_size", "8", "--equal_steps", "4", nsp,
         "--output_dir", str(tmp_path / "out")]))
     assert difference < 1e-4
 
