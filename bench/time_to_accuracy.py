@@ -164,6 +164,17 @@ A fitted vocabulary speeds both runs up and took the 8,192-entry start from 3.8 
 behind random weights to level with them, but not past them (and 4,096 entries fell back
 to 4.2 behind); the +3 points are not met by it either. The default stays the 30,522-entry
 vocabulary of the head-to-head above.
+
+Without NSP (`--no-nsp --vocab_size 8192 --runs ours --eval_every 300`, 2026-12-04, a slow
+hour: 81 sequences/s against 195 the evening before; GLIBC_TUNABLES as above), to test the
+probe's finding that NSP's style shortcut spoils [CLS]: 2,290 steps, held-out masked-LM
+accuracy 0.148 / 0.182 / 0.245 / 0.327 / 0.352 / 0.364 at steps 382 / 764 / 1,146 / 1,528 /
+1,910 / 2,290 (4.6 / 9.3 / 13.5 / 17.9 / 22.8 / 27.1 min). The plateau was left by step
+1,528 as with NSP (about 1,300 steps), so the next-sentence loss neither slowed nor sped
+the masked-LM. SST-2 pre-trained / random: 0.701 / 0.674 at 1e-4, 0.737 / 0.763 at 3e-4,
+0.509 / 0.536 at 1e-3: at the best rate 2.5 points behind random weights, as with NSP on
+the same number of steps (0.725 / 0.745 after 1,626 steps at 0.286). NSP is not what
+holds the transfer back; how much the encoder learns is.
 """
 
 import argparse
