@@ -172,9 +172,9 @@ accuracy 0.148 / 0.182 / 0.245 / 0.327 / 0.352 / 0.364 at steps 382 / 764 / 1,14
 1,910 / 2,290 (4.6 / 9.3 / 13.5 / 17.9 / 22.8 / 27.1 min). The plateau was left by step
 1,528 as with NSP (about 1,300 steps), so the next-sentence loss neither slowed nor sped
 the masked-LM. SST-2 pre-trained / random: 0.701 / 0.674 at 1e-4, 0.737 / 0.763 at 3e-4,
-0.509 / 0.536 at 1e-3: at the best rate 2.5 points behind random weights, as with NSP on
-the same number of steps (0.725 / 0.745 after 1,626 steps at 0.286). NSP is not what
-holds the transfer back; how much the encoder learns is.
+0.509 / 0.536 at 1e-3: at the best rate 2.5 points behind random weights, about where
+runs with NSP of a similar length were (0.725 / 0.745 after 1,626 steps at 0.286; 30,522
+entries). NSP is not what holds the transfer back; how much the encoder learns is.
 """
 
 import argparse
