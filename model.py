@@ -297,15 +297,16 @@ class BertEmbeddings(nn.Module):
         self.register_buffer("position_ids", torch.arange(config.max_position_embeddings)[None],
                              persistent=False)
 
-    def forward(self, input_ids, token_type_ids, sparse_word_gradient=False):
-        """sparse_word_gradient: the word table's gradient from this lookup as a sparse
-        tensor (the looked-up rows only), for a table that also gets a dense gradient."""
+    def forward(self, input_ids, token_type_ids, sparse_word_table=None):
+        """sparse_word_table: the word table as `tied_word_tables` gives it to the lookup,
+        which then returns its gradient as a sparse tensor (the looked-up rows only)."""
         seq_len = input_ids.shape[1]
         if not torch.jit.is_tracing() and seq_len > self.position_ids.shape[1]:
             raise ValueError(f"a sequence of {seq_len} tokens is longer than the model's "
                              f"max_position_embeddings ({self.position_ids.shape[1]}): "
                              f"truncate the input (--max_seq_length)")
-        words = F.embedding(input_ids, self.word_embeddings.weight, sparse=sparse_word_gradient)
+        words = (F.embedding(input_ids, sparse_word_table, sparse=True)
+                 if sparse_word_table is not None else self.word_embeddings(input_ids))
         embeddings = (words
                       + self.position_embeddings(self.position_ids[:, :seq_len])
                       + self.token_type_embeddings(token_type_ids))
@@ -556,12 +557,12 @@ class BertModel(BertPreTrainedModel):
             self.embeddings.word_embeddings.weight[config.vocab_size:].zero_()
 
     def forward(self, input_ids, token_type_ids=None, attention_mask=None, token_index=None,
-                padded=None, sparse_word_gradient=False):
+                padded=None, sparse_word_table=None):
         """token_index and padded: see TokenLayout (optional; computed here when absent).
-        sparse_word_gradient: see BertEmbeddings."""
+        sparse_word_table: see BertEmbeddings."""
         if token_type_ids is None:
             token_type_ids = torch.zeros_like(input_ids)
-        hidden_states = self.embeddings(input_ids, token_type_ids, sparse_word_gradient)
+        hidden_states = self.embeddings(input_ids, token_type_ids, sparse_word_table)
         layout = TokenLayout(attention_mask, token_index, padded)
         sequence_output = self.encoder(hidden_states, layout)
         pooled_output = self.pooler(sequence_output) if self.pooler is not None else None
@@ -596,10 +597,41 @@ class BertLMPredictionHead(nn.Module):
     def forward(self, hidden_states):
         return self.padded_logits(hidden_states)[..., :self.vocab_size]
 
-    def padded_logits(self, hidden_states):
+    def padded_logits(self, hidden_states, decoder_table=None):
         """Logits over the padded (tensor-core friendly) width; columns from vocab_size on
-        are padding, which `forward` slices off and `cross_entropy_ignoring_negatives` ignores."""
-        return self.decoder(self.transform(hidden_states))
+        are padding, which `forward` slices off and `cross_entropy_ignoring_negatives` ignores.
+        decoder_table: the word table as `tied_word_tables` gives it to the decoder."""
+        weight = self.decoder.weight if decoder_table is None else decoder_table
+        return F.linear(self.transform(hidden_states), weight, self.bias)
+
+
+def tied_word_tables(table):
+    """(lookup's table, decoder's table): the tied word table once for each of its two
+    uses, for a lookup with a sparse gradient (BertEmbeddings' sparse_word_table) and the
+    masked-LM decoder. Autograd then hands both gradients to one backward, which adds the
+    lookup's rows into the decoder's dense gradient in place.
+
+    Given the table itself twice, autograd sums the two gradients where they meet, in the
+    order they arrive: the decoder's dense one first, and dense plus a later sparse one it
+    adds out of place, into a new (vocab, hidden) tensor. For a 6-layer/384 bf16 step on
+    this project's 2-core machine that copy took 14 ms, against 2 for each of the table's
+    casts to and from bf16."""
+    return _TiedWordTables.apply(table)
+
+
+class _TiedWordTables(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, table):
+        ctx.set_materialize_grads(False)
+        return table.view_as(table), table.view_as(table)
+
+    @staticmethod
+    def backward(ctx, lookup_grad, decoder_grad):
+        if lookup_grad is None or decoder_grad is None:
+            return decoder_grad if lookup_grad is None else lookup_grad
+        # The decoder's gradient is this backward's own (made by the decoder's backward or
+        # autocast's cast back to fp32, and read by nothing else).
+        return decoder_grad.add_(lookup_grad)
 
 
 class BertPreTrainingHeads(nn.Module):
@@ -702,9 +734,12 @@ class BertForPreTraining(BertPreTrainedModel):
         # With the losses the decoder's dense gradient of the tied table is certain, and on
         # the CPU the lookup's rows are then added into it sparsely: no zero-filled
         # (vocab, hidden) gradient and no second sum over the whole table.
-        sparse_word_gradient = masked_lm_labels is not None and input_ids.device.type == "cpu"
+        lookup_table = decoder_table = None
+        if masked_lm_labels is not None and input_ids.device.type == "cpu":
+            lookup_table, decoder_table = tied_word_tables(self.bert.embeddings.word_embeddings
+                                                           .weight)
         sequence_output, pooled_output = self.bert(input_ids, token_type_ids, attention_mask,
-                                                   token_index, padded, sparse_word_gradient)
+                                                   token_index, padded, lookup_table)
         seq_relationship_scores = self.cls.seq_relationship(pooled_output)
         if masked_lm_labels is None:
             return self.cls.predictions(sequence_output), seq_relationship_scores
@@ -715,7 +750,7 @@ class BertForPreTraining(BertPreTrainedModel):
             masked_lm_index = masked_lm_indices(masked_lm_labels)
         hidden_size = sequence_output.shape[-1]
         masked_output = sequence_output.reshape(-1, hidden_size).index_select(0, masked_lm_index)
-        prediction_scores = self.cls.predictions.padded_logits(masked_output)
+        prediction_scores = self.cls.predictions.padded_logits(masked_output, decoder_table)
         masked_lm_loss = cross_entropy_ignoring_negatives(
             prediction_scores, masked_lm_labels.reshape(-1).index_select(0, masked_lm_index),
             classes=self.config.vocab_size)

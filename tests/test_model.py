@@ -10,7 +10,7 @@ import transformers
 from conftest import random_batch, tiny_config
 from model import (DROPOUT_BITS, BertConfig, BertForPreTraining, BertForQuestionAnswering,
                    BertForSequenceClassification, BertModel, Dropout, TokenLayout, attention,
-                   cross_entropy_ignoring_negatives, dropout)
+                   cross_entropy_ignoring_negatives, dropout, tied_word_tables)
 
 torch.manual_seed(0)
 
@@ -437,3 +437,20 @@ def test_bf16_pre_training_loss_and_gradients_stay_close_to_fp32():
     assert relative < 0.05
     assert torch.equal(grads["bf16"][model.config.vocab_size:],
                        torch.zeros_like(grads["bf16"][model.config.vocab_size:]))
+
+
+def test_the_tied_word_tables_add_the_lookups_rows_into_the_decoders_gradient_in_place():
+    """One gradient for the table, made without a new (vocab, hidden) tensor: the sparse
+    rows of the lookup go into the buffer of the decoder's dense gradient."""
+    table = torch.randn(10, 4, requires_grad=True)
+    lookup_table, decoder_table = tied_word_tables(table)
+    decoder_gradient = []
+    decoder_table.register_hook(lambda grad: decoder_gradient.append(grad.data_ptr()))
+    weights = torch.randn(10, 4)
+    looked_up = F.embedding(torch.tensor([1, 1, 3]), lookup_table, sparse=True)
+    (looked_up.sum() + (decoder_table * weights).sum()).backward()
+    expected = weights.clone()
+    expected[1] += 2
+    expected[3] += 1
+    assert torch.equal(table.grad, expected)
+    assert decoder_gradient == [table.grad.data_ptr()]
