@@ -142,6 +142,17 @@ rows; the same command, 3 runs):
   recipe --bf16 --no_fp32 --runs 1 --reuse_freed_memory`, alternating, twice each, with
   GLIBC_TUNABLES=glibc.malloc.tcache_count=0): small 0.187-0.188 s against 0.181-0.184
   (2.21x-2.26x against 2.28x-2.29x), the recipe 0.457-0.461 against 0.459-0.464 (no change).
+  Autograd summed that sparse gradient with the decoder's dense one out of place (the dense
+  one arrives first, and dense plus a later sparse makes a new tensor): a third copy of the
+  30522x384 table each step, 14 ms of the small step in torch.profiler, beside 2 ms for each
+  of the casts to and from bf16. The table now reaches both uses through one autograd
+  function whose backward adds the rows in place (model.tied_word_tables): small's step
+  alone, 5 processes alternating with the code before (2026-12-04, a slow hour, malloc
+  settings on), median 0.282 s against 0.271. The table in that hour (`--configs small
+  recipe --bf16 --no_fp32 --runs 3 --reuse_freed_memory`, GLIBC_TUNABLES as above; bf16
+  ceiling 358-400 GFLOP/s): small 2.28x (1.60x-2.41x), 68% of the ceiling, with LAMB 2.14x
+  and LAMB 11% of the step; recipe 0.844 s/step, 75.8 sequences/s, 68%, 5.61x, without
+  dropout 79.3 sequences/s, 71%.
 With --reuse_freed_memory (glibc keeps large freed blocks, as the entry scripts set it on
 the CPU; the same hour, bf16 rows only), both sides stop faulting in the pages of every
 step's tensors over 32 MB, transformers more (its logits cover every token): recipe ours
