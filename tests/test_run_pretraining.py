@@ -36,14 +36,16 @@ def args_for(input_dir, config, output_dir, *extra):
         "--disable_progress_bar", *map(str, extra)])
 
 
+def logged_steps(output_dir):
+    """The per-step records of the dllogger-format file."""
+    records = [json.loads(line.removeprefix("DLLL "))
+               for line in (output_dir / "dllogger.json").read_text().splitlines()]
+    return [record for record in records if record["type"] == "LOG" and record["step"]]
+
+
 def logged_losses(output_dir):
     """Per-step (step, loss) pairs from the dllogger-format file."""
-    losses = []
-    for line in (output_dir / "dllogger.json").read_text().splitlines():
-        record = json.loads(line.removeprefix("DLLL "))
-        if record["type"] == "LOG" and record["step"]:
-            losses.append((record["step"][1], record["data"]["loss"]))
-    return losses
+    return [(record["step"][1], record["data"]["loss"]) for record in logged_steps(output_dir)]
 
 
 def final_weights(output_dir):
@@ -439,12 +441,6 @@ def test_no_dropout_makes_training_steps_deterministic_whatever_the_config(shard
     assert losses[("--no_dropout",)][0] == losses[("--no_dropout",)][1]
 
 
-def logged_records(output_dir):
-    return [record["data"] for record in map(json.loads, (
-        line.removeprefix("DLLL ") for line in (output_dir / "dllogger.json").read_text()
-        .splitlines())) if record["type"] == "LOG" and record["step"]]
-
-
 def test_no_nsp_trains_the_masked_lm_only_and_leaves_the_nsp_head_as_initialised(shards,
                                                                                   tmp_path):
     args = args_for(*shards, tmp_path / "mlm_only", "--no_nsp")
@@ -453,10 +449,10 @@ def test_no_nsp_trains_the_masked_lm_only_and_leaves_the_nsp_head_as_initialised
     run_pretraining.main(args)
     run_pretraining.main(args_for(*shards, tmp_path / "both"))
 
-    records = logged_records(tmp_path / "mlm_only")
+    records = [r["data"] for r in logged_steps(tmp_path / "mlm_only")]
     assert len(records) == 8
     assert all(r["nsp_loss"] == 0.0 and r["loss"] == r["mlm_loss"] for r in records)
-    both = logged_records(tmp_path / "both")
+    both = [r["data"] for r in logged_steps(tmp_path / "both")]
     assert both[0]["mlm_loss"] == pytest.approx(records[0]["mlm_loss"], rel=1e-6)
     assert both[0]["loss"] > both[0]["mlm_loss"] + 0.1  # its NSP loss starts near ln 2
     untrained = ("cls.seq_relationship.weight", "bert.pooler.dense.weight")
