@@ -73,7 +73,8 @@ def parse_args(argv=None):
     parser.add_argument("--input_file", required=True, nargs="+",
                         help="text files, globs or directories (all *.txt inside)")
     parser.add_argument("--output_file", required=True,
-                        help="HDF5 output; several shards are named <stem>_<i:05d>.hdf5")
+                        help="HDF5 output (.hdf5 added to a name without a suffix); several "
+                             "shards are named <stem>_<i:05d>.hdf5")
     parser.add_argument("--vocab_file", required=True, help="WordPiece vocabulary, one token a line")
     parser.add_argument("--bert_model", default="bert-large-uncased",
                         help="model name; selects lower-casing when --do_lower_case is not given")
@@ -407,11 +408,13 @@ def write_shard(flat, pairs, options, path, np_rng):
 
 
 def shard_path(output_file, shard_index, single):
+    """--output_file itself for one shard, else <stem>_<index>.<suffix>; a name without a
+    suffix gets .hdf5 either way (run_pretraining.py reads *.hdf5 and *.h5 files only)."""
     output_file = Path(output_file)
+    suffix = output_file.suffix or ".hdf5"
     if single:
-        return output_file
-    return output_file.with_name(
-        f"{output_file.stem}_{shard_index:05d}{output_file.suffix or '.hdf5'}")
+        return output_file.with_suffix(suffix)
+    return output_file.with_name(f"{output_file.stem}_{shard_index:05d}{suffix}")
 
 
 def process_shard(text, shard_index, options, output_file, single):

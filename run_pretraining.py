@@ -190,6 +190,9 @@ def build_model(args, device):
         config.hidden_dropout_prob = config.attention_probs_dropout_prob = 0.0
     model = BertForPreTraining(config)
     model.bert.encoder.checkpoint_activations = args.checkpoint_activations
+    if args.no_nsp:  # no loss reaches them, and DDP fails on parameters left without one
+        for unused in (model.bert.pooler, model.cls.seq_relationship):
+            unused.requires_grad_(False)
     return model.to(device)
 
 
@@ -207,6 +210,11 @@ def find_start(args):
     path, state = (chosen_checkpoint(args, existing) if args.resume_step >= 0
                    else utils.load_latest_checkpoint(args.output_dir))
     if state is None:
+        if args.phase2 and not args.init_checkpoint:
+            raise FileNotFoundError(
+                f"--phase2 --resume_from_checkpoint: --output_dir {args.output_dir} holds no "
+                "checkpoint (phase 1's or phase 2's) and there is no --init_checkpoint: phase 2 "
+                "would start from random weights")
         logger.warning("--resume_from_checkpoint: no checkpoint in %s, starting %s",
                        args.output_dir, "from --init_checkpoint" if args.init_checkpoint
                        else "from scratch")
@@ -218,9 +226,29 @@ def find_start(args):
     if state.get("phase2", False) and not args.phase2:
         logger.info("phase 1 is finished: the newest checkpoint, %s, is phase 2's", path)
         return state, "finished"
-    logger.info("resuming from %s", path)
-    same_phase = state.get("phase2", False) == args.phase2
-    return state, "resume" if same_phase else "weights"
+    if state.get("phase2", False) == args.phase2:
+        logger.info("resuming from %s", path)
+        return state, "resume"
+    return phase2_opening(args, path, state)
+
+
+def phase2_opening(args, path, state):
+    """Phase 2's first start, when --output_dir's newest checkpoint (`path`) is phase 1's:
+    from its weights, or from --init_checkpoint where one is given (as NVIDIA's script
+    does). Phase 2 numbers its checkpoints from --phase1_end_step + 1, so a phase 1 that ran
+    past that step would have its checkpoints overwritten and outranked: refused."""
+    number = utils.checkpoint_number(path)
+    if number > args.phase1_end_step:
+        raise ValueError(f"{path} is phase 1's checkpoint of step {number}, past "
+                         f"--phase1_end_step {args.phase1_end_step}: phase 2's checkpoints "
+                         f"(numbered from {args.phase1_end_step + 1}) would collide with "
+                         f"phase 1's; pass --phase1_end_step {number}")
+    if args.init_checkpoint:
+        logger.info("phase 2 starts from --init_checkpoint %s, not from %s",
+                    args.init_checkpoint, path)
+        return None, "weights"
+    logger.info("phase 2 starts from the weights of phase 1's %s", path)
+    return state, "weights"
 
 
 def chosen_checkpoint(args, existing):

@@ -65,7 +65,10 @@ logger = logging.getLogger("bert")
 @contextlib.contextmanager
 def atomic_path(path):
     """Yields a temporary path beside `path`; renames it onto `path` only if the block
-    succeeds, so an interrupted write never leaves a half-written file under the final name."""
+    succeeds, so an interrupted write never leaves a half-written file under the final name.
+    The data reach the disk before the rename and the rename before the return: a crash of
+    the machine (not only of the process) leaves the old file or the new one, never an empty
+    one, even where the caller then deletes older checkpoints."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -73,10 +76,25 @@ def atomic_path(path):
     os.chmod(temporary, 0o666 & ~current_umask())  # mkstemp makes it owner-only (0600)
     try:
         yield Path(temporary)
+        _flush_to_disk(temporary)
         os.replace(temporary, path)
+        _flush_to_disk(path.parent)
     finally:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(temporary)
+
+
+def _flush_to_disk(path):
+    """fsync of a file, or of a folder (its entries: a rename); filesystems that cannot sync
+    a folder are left as they are."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    except OSError:
+        if not os.path.isdir(path):
+            raise
+    finally:
+        os.close(fd)
 
 
 def current_umask():
@@ -173,8 +191,8 @@ def run_entry_point(main, parse_args):
 
     Bad input that our own code reports (one of INPUT_ERRORS raised in a file of this
     repository, not inside a library) prints as one line, `<script>: error: <message>`,
-    with status 1 and no traceback; under several ranks only rank 0 prints it and the others
-    exit quietly. Any other exception keeps its traceback, as does every exception with
+    with status 1 and no traceback; under several ranks each rank prints its own, prefixed
+    `rank <N>: `. Any other exception keeps its traceback, as does every exception with
     BERT_TRACEBACK=1 in the environment.
     """
     try:
@@ -182,8 +200,9 @@ def run_entry_point(main, parse_args):
     except INPUT_ERRORS as e:
         if os.environ.get("BERT_TRACEBACK") or not raised_in_repository(e):
             raise
-        if _environment_ranks()[0] == 0:
-            print(f"{Path(sys.argv[0]).name}: error: {e}", file=sys.stderr)
+        rank, _, world_size = _environment_ranks()
+        who = f"rank {rank}: " if world_size > 1 else ""  # an error may be one rank's alone
+        print(f"{who}{Path(sys.argv[0]).name}: error: {e}", file=sys.stderr)
         sys.exit(1)
 
 
@@ -236,6 +255,17 @@ def _launcher_ranks():
     return None
 
 
+def check_srun_gave_an_address():
+    """srun running several tasks of this script without MASTER_ADDR (which run.sub sets):
+    each would train alone and write the same --output_dir. A job's batch script itself, a
+    step of one task, has Slurm's variables too and runs alone, as it should."""
+    tasks = int(os.environ.get("SLURM_STEP_NUM_TASKS", 1))
+    if tasks > 1:
+        raise ValueError(f"srun started {tasks} tasks, but MASTER_ADDR is not set, so they "
+                         "cannot find each other: export MASTER_ADDR (the first node, e.g. "
+                         "$(scontrol show hostnames | head -n1)) or submit run.sub")
+
+
 def _environment_ranks():
     """(rank, local_rank, world_size); (0, 0, 1) without a launcher."""
     return _launcher_ranks() or (0, 0, 1)
@@ -259,6 +289,8 @@ def init_distributed(no_cuda=False, precision="fp32", timeout_minutes=30):
     'tf32' only (set_matmul_precision). A rank that dies makes the others fail after
     `timeout_minutes` instead of hanging forever."""
     launched = _launcher_ranks() is not None
+    if not launched:
+        check_srun_gave_an_address()
     rank, local_rank, world_size = _environment_ranks()
     use_cuda = torch.cuda.is_available() and not no_cuda
     device = torch.device("cpu")
@@ -589,9 +621,10 @@ def load_tensors(path):
     path = Path(path)
     if path.stat().st_size == 0:
         raise UnreadableCheckpoint(f"{path}: the file is empty (0 bytes)")
-    if not zipfile.is_zipfile(path):
+    if not (zipfile.is_zipfile(path) or _in_legacy_torch_format(path)):
         raise UnreadableCheckpoint(f"{path}: not a torch checkpoint (torch saves a zip "
-                                   "archive; this file is truncated, or another format)")
+                                   "archive, before torch 1.6 a pickle; this file is "
+                                   "truncated, or another format)")
     try:
         with warnings.catch_warnings():  # torch warns about the pickle protocol of bad files
             warnings.simplefilter("ignore", UserWarning)
@@ -605,6 +638,16 @@ def load_tensors(path):
     except (RuntimeError, EOFError, OSError, ValueError) as e:
         first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise UnreadableCheckpoint(f"{path}: corrupted or truncated ({first_line})") from None
+
+
+LEGACY_TORCH_MAGIC = pickle.dumps(0x1950A86A20F9469CFC6C, protocol=2)
+
+
+def _in_legacy_torch_format(path):
+    """The format torch saved in before 1.6 (NGC checkpoints of 2019-2020): a run of
+    pickles, the first of them torch's magic number."""
+    with open(path, "rb") as file:
+        return file.read(len(LEGACY_TORCH_MAGIC)) == LEGACY_TORCH_MAGIC
 
 
 TEMPORARY_CHECKPOINT = re.compile(r"^\.ckpt_\d+\.pt\..+\.tmp$")  # atomic_path's names
@@ -624,16 +667,18 @@ def remove_partial_checkpoints(output_dir):
 
 
 def rng_state():
+    """The CPU generator's state and that of this rank's GPU only: a resume may see the
+    GPUs differently (torchrun shows each rank all of a node's, Slurm sites one)."""
     state = {"torch": torch.get_rng_state()}
     if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
+        state["cuda"] = torch.cuda.get_rng_state()  # the current device, set to this rank's
     return state
 
 
 def set_rng_state(state):
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+        torch.cuda.set_rng_state(state["cuda"])
 
 
 def gather_rng_states(distributed):

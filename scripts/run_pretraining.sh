@@ -4,8 +4,9 @@
 # Before launching it checks the data folders, the config, and num_gpus against this
 # machine's GPUs (1 on a machine without one), naming what to set. Phase 2 starts only once
 # phase 1's final checkpoint (ckpt_<train_steps>.pt) exists; otherwise the script stops with
-# phase 1's status (75: stopped by a signal after a checkpoint; resume_training=true
-# continues it).
+# phase 1's status: with one process 75 when it was stopped by a signal after a checkpoint;
+# with num_gpus > 1 torchrun reports any rank's failure, 75 included, as 1, so tell them
+# apart by the log's last lines. resume_training=true continues phase 1 in either case.
 #
 # Positional arguments, in order (default):
 #  1 train_batch_size (8192)            per GPU per optimizer step, phase 1

@@ -62,6 +62,17 @@ def test_slurm_ranks_are_read_when_srun_starts_the_processes(monkeypatch):
     assert utils._environment_ranks() == (13, 5, 16)
 
 
+def test_srun_tasks_without_an_address_are_refused_not_run_alone(monkeypatch):
+    for name in OUTER_RANKS:
+        monkeypatch.delenv(name, raising=False)
+    for name, value in dict(SLURM_PROCID=3, SLURM_NTASKS=16, SLURM_STEP_NUM_TASKS=16).items():
+        monkeypatch.setenv(name, str(value))
+    with pytest.raises(ValueError, match="srun started 16 tasks, but MASTER_ADDR is not set"):
+        utils.init_distributed(no_cuda=True)
+    monkeypatch.setenv("SLURM_STEP_NUM_TASKS", "1")  # the batch script's own step
+    assert not utils.init_distributed(no_cuda=True).enabled
+
+
 # ----------------------------------------------------------------------------- arguments
 
 @pytest.mark.parametrize("spelling", [["--local-rank=3"], ["--local_rank", "3"],
@@ -209,13 +220,14 @@ def pretraining_args(inputs, output_dir, *extra):
         "--disable_progress_bar", *extra])
 
 
+@pytest.mark.parametrize("flags", [(), ("--no_nsp",)])  # --no_nsp: a head gets no gradient
 def test_a_single_rank_under_ddp_trains_as_a_plain_process(phase1_inputs, tmp_path,
-                                                           monkeypatch):
-    alone = run_pretraining.main(pretraining_args(phase1_inputs, tmp_path / "alone"))
+                                                           monkeypatch, flags):
+    alone = run_pretraining.main(pretraining_args(phase1_inputs, tmp_path / "alone", *flags))
     for name, value in dict(RANK=0, LOCAL_RANK=0, WORLD_SIZE=1, MASTER_ADDR="127.0.0.1",
                             MASTER_PORT=29000 + (os.getpid() + 700) % 1000).items():
         monkeypatch.setenv(name, str(value))
-    grouped = run_pretraining.main(pretraining_args(phase1_inputs, tmp_path / "ddp"))
+    grouped = run_pretraining.main(pretraining_args(phase1_inputs, tmp_path / "ddp", *flags))
     assert not torch.distributed.is_initialized()  # left at the end of main
     assert grouped == alone and alone["step"] == 3 and not alone["preempted"]
     weights = [torch.load(tmp_path / name / "ckpt_3.pt", weights_only=True)["model"]

@@ -8,6 +8,7 @@ import pytest
 
 import create_pretraining_data as cpd
 from conftest import sample_documents, write_vocab
+from pretraining_data import find_input_files
 
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory):
@@ -59,6 +60,12 @@ def test_files_are_gzip_compressed(corpus, tmp_path):
     run(*corpus, tmp_path / "c.hdf5", "--dupe_factor", 1)
     with h5py.File(tmp_path / "c.hdf5", "r") as f:
         assert all(f[name].compression == "gzip" for name in f)
+
+
+def test_an_output_name_without_a_suffix_gets_the_one_the_trainer_reads(corpus, tmp_path):
+    run(*corpus, tmp_path / "wiki", "--dupe_factor", 1)
+    assert [p.name for p in tmp_path.iterdir()] == ["wiki.hdf5"]
+    assert find_input_files(tmp_path) == ("hdf5", [tmp_path / "wiki.hdf5"])
 
 
 def unmasked(data, row):

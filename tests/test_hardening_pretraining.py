@@ -33,12 +33,15 @@ def test_bad_input_prints_one_line_without_a_traceback(tmp_path):
                              f"{tmp_path / 'missing.json'} does not exist\n")
 
 
-def test_other_ranks_exit_quietly_on_bad_input(tmp_path):
-    env = {**os.environ, "RANK": "1", "WORLD_SIZE": "1", "LOCAL_RANK": "1"}
+def test_under_several_ranks_each_rank_names_itself_in_its_error(tmp_path):
+    # An error can be one rank's alone (its shard, its GPU): none may stay silent.
+    env = {**os.environ, "RANK": "1", "WORLD_SIZE": "2", "LOCAL_RANK": "1"}
     result = run_script("create_pretraining_data.py", "--input_file", tmp_path / "none.txt",
                         "--output_file", tmp_path / "out", "--vocab_file", tmp_path / "v.txt",
                         env=env)
-    assert result.returncode == 1 and result.stderr == ""
+    assert result.returncode == 1
+    assert result.stderr.startswith("rank 1: create_pretraining_data.py: error: ")
+    assert result.stderr.count("\n") == 1
 
 
 def test_errors_from_libraries_keep_their_traceback():
@@ -86,6 +89,14 @@ def test_an_unreadable_init_checkpoint_is_a_clear_error(shards, tmp_path):
                                           tmp_path / name))
         assert str(tmp_path / name) in str(caught.value)
         assert "weights_only" not in str(caught.value)
+
+
+def test_a_checkpoint_in_the_format_of_torch_before_1_6_loads(tmp_path):
+    weights = {"model": {"bert.pooler.dense.bias": torch.arange(4.0)}, "step": 7}
+    torch.save(weights, tmp_path / "ngc_2019.pt", _use_new_zipfile_serialization=False)
+    loaded = utils.load_tensors(tmp_path / "ngc_2019.pt")
+    assert loaded["step"] == 7
+    assert torch.equal(loaded["model"]["bert.pooler.dense.bias"], torch.arange(4.0))
 
 
 def test_leftovers_of_killed_saves_are_removed_and_nothing_else(shards, tmp_path, caplog):

@@ -6,6 +6,7 @@ import shutil
 import stat
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import yaml
@@ -85,6 +86,21 @@ def test_atomic_writes_keep_the_umask_permissions_and_leave_nothing_on_failure(t
         raise RuntimeError("interrupted")
     assert (tmp_path / "shared.txt").read_text() == "readable by the group"
     assert [p.name for p in tmp_path.iterdir()] == ["shared.txt"]
+
+
+def test_atomic_writes_sync_the_data_then_rename_then_sync_the_folder(tmp_path, monkeypatch):
+    """The order a machine crash needs: data synced, renamed, the folder's entry synced."""
+    events = []
+    real_fsync, real_replace = os.fsync, os.replace
+    monkeypatch.setattr(os, "fsync", lambda fd: events.append(
+        ("fsync", os.readlink(f"/proc/self/fd/{fd}"))) or real_fsync(fd))
+    monkeypatch.setattr(os, "replace", lambda source, target: events.append(
+        ("replace", str(target))) or real_replace(source, target))
+    utils.atomic_write_text(tmp_path / "results.json", "{}")
+    assert [kind for kind, _ in events] == ["fsync", "replace", "fsync"]
+    folder = tmp_path.resolve()
+    assert Path(events[0][1]).parent == folder and Path(events[0][1]).name.endswith(".tmp")
+    assert events[1:] == [("replace", str(tmp_path / "results.json")), ("fsync", str(folder))]
 
 
 MMAPPED_BYTES_AFTER_A_64_MB_TENSOR = """

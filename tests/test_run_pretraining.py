@@ -143,6 +143,38 @@ def test_phase2_retention_and_rerunning_phase1_leave_phase1_checkpoints(shards, 
     assert result["step"] == 8 and "phase 1 is finished" in caplog.text
 
 
+def test_phase2_with_nothing_to_continue_from_is_refused(shards, tmp_path):
+    with pytest.raises(FileNotFoundError, match="phase 2 would start from random weights"):
+        run_pretraining.main(args_for(*shards, tmp_path, "--phase2", "--resume_from_checkpoint",
+                                      "--phase1_end_step", 8))
+    assert not list(tmp_path.glob("ckpt_*"))
+
+
+def test_phase2_refuses_a_phase1_that_ran_past_phase1_end_step(shards, tmp_path):
+    run_pretraining.main(args_for(*shards, tmp_path))  # phase 1 ends at ckpt_8.pt
+    with pytest.raises(ValueError, match="ckpt_8.pt is phase 1's checkpoint of step 8, past "
+                                         "--phase1_end_step 5.*pass --phase1_end_step 8"):
+        run_pretraining.main(args_for(*shards, tmp_path, "--phase2", "--resume_from_checkpoint",
+                                      "--phase1_end_step", 5, "--max_steps", 3))
+    assert sorted(p.name for p in tmp_path.glob("ckpt_*")) == ["ckpt_8.pt"]
+
+
+def test_phase2_takes_init_checkpoint_over_phase1s_newest(shards, tmp_path):
+    """An explicit --init_checkpoint wins over the phase-1 checkpoint in --output_dir: phase
+    2 then trains exactly as it does from that file in an empty directory."""
+    run_pretraining.main(args_for(*shards, tmp_path / "other", "--max_steps", 2))
+    init = tmp_path / "other" / "ckpt_2.pt"
+    run_pretraining.main(args_for(*shards, tmp_path / "beside"))
+    phase2 = ("--phase2", "--phase1_end_step", 8, "--max_steps", 2, "--init_checkpoint", init)
+    run_pretraining.main(args_for(*shards, tmp_path / "beside", *phase2,
+                                  "--resume_from_checkpoint"))
+    run_pretraining.main(args_for(*shards, tmp_path / "alone", *phase2))
+    assert logged_losses(tmp_path / "beside")[-2:] == logged_losses(tmp_path / "alone")
+    beside, alone = final_weights(tmp_path / "beside"), final_weights(tmp_path / "alone")
+    for key, tensor in alone["model"].items():
+        assert torch.equal(beside["model"][key], tensor), key
+
+
 def test_output_dir_with_checkpoints_needs_resume(shards, tmp_path):
     run_pretraining.main(args_for(*shards, tmp_path, "--max_steps", 1))
     with pytest.raises(FileExistsError, match="already holds checkpoints \\(ckpt_1.pt"):
