@@ -189,10 +189,8 @@ def train(model, dataset, args, distributed, metrics):
                 len(dataset), total_steps, micro_batch, accumulation, distributed.world_size)
 
     model.train()
-    # Summed on the device and read only when logged: .item() would make the host wait
-    # for the GPU after every micro-batch.
-    loss_sum = torch.zeros((), device=distributed.device)
-    step, sequences, started = 0, 0, time.monotonic()
+    steps = StepAccounting(distributed.device)
+    step, started = 0, time.monotonic()
     progress = utils.Progress(total_steps, "fine-tuning", unit="step",
                               disable=args.disable_progress_bar or not distributed.is_main)
     epoch = 0
@@ -200,6 +198,7 @@ def train(model, dataset, args, distributed, metrics):
         if distributed.enabled:
             sampler.set_epoch(epoch)
         optimizer.zero_grad()  # an epoch's unfinished accumulation is dropped
+        steps.drop_pending()
         for micro_step, tensors in enumerate(loader):
             last_micro_step = (micro_step + 1) % accumulation == 0
             batch = trimmed_batch(dataset.names, tensors, distributed.device)
@@ -207,15 +206,15 @@ def train(model, dataset, args, distributed, metrics):
                 with utils.autocast(precision, distributed.device):
                     loss = ddp(**batch)[0]
                 scaler.scale(loss / accumulation).backward()
-            loss_sum += loss.detach() / accumulation
-            sequences += len(tensors[0])
+            steps.add(loss.detach() / accumulation, len(tensors[0]))
             if not last_micro_step:
                 continue
             learning_rate = scheduler.get_last_lr()[0]
             utils.optimizer_step(optimizer, scheduler, scaler, model, MAX_GRAD_NORM)
             step += 1
+            steps.taken()
             if step % args.log_freq == 0 or step == total_steps:
-                mean_loss = loss_sum.item() / step
+                mean_loss = steps.mean_loss_since_log()
                 progress.update(1, loss=f"{mean_loss:.4f}")
                 metrics.log(("train", step), {"loss": mean_loss, "learning_rate": learning_rate})
             else:
@@ -225,9 +224,44 @@ def train(model, dataset, args, distributed, metrics):
         epoch += 1
     progress.close()
     seconds = time.monotonic() - started
-    return {"e2e_train_time": seconds, "final_loss": loss_sum.item() / max(step, 1),
-            "training_sequences_per_second": sequences * distributed.world_size / seconds,
+    return {"e2e_train_time": seconds, "final_loss": steps.last_loss(),
+            "training_sequences_per_second": steps.sequences * distributed.world_size / seconds,
             "train_steps": step}
+
+
+class StepAccounting:
+    """The losses and sequence counts of the optimizer steps taken: a micro-batch counts once
+    its step is taken, so an epoch's dropped accumulation counts nowhere. Losses stay on the
+    device until read: .item() would make the host wait for the GPU every micro-batch."""
+
+    def __init__(self, device):
+        self.zero = torch.zeros((), device=device)
+        self.pending, self.pending_sequences = self.zero, 0
+        self.since_log, self.steps_since_log = self.zero, 0
+        self.step_loss, self.sequences = None, 0
+
+    def add(self, loss, sequences):
+        self.pending = self.pending + loss
+        self.pending_sequences += sequences
+
+    def drop_pending(self):
+        self.pending, self.pending_sequences = self.zero, 0
+
+    def taken(self):
+        self.step_loss, self.sequences = self.pending, self.sequences + self.pending_sequences
+        self.since_log = self.since_log + self.pending
+        self.steps_since_log += 1
+        self.drop_pending()
+
+    def mean_loss_since_log(self):
+        """The mean loss of the steps since the previous call (NVIDIA logs each step's)."""
+        mean = self.since_log.item() / self.steps_since_log
+        self.since_log, self.steps_since_log = self.zero, 0
+        return mean
+
+    def last_loss(self):
+        """The last step's loss (NVIDIA's final_loss), NaN before any step."""
+        return self.step_loss.item() if self.step_loss is not None else math.nan
 
 
 def training_loader(dataset, args, distributed):
@@ -274,7 +308,8 @@ def gradient_sync(ddp, last_micro_step):
 @torch.no_grad()
 def predict(model, dataset, batch_size, args, device, per_token=False):
     """Runs the model over a TensorDataset in order; returns the concatenated outputs (each
-    output of the model's forward as one tensor on the CPU) and the inference rate.
+    output of the model's forward as one tensor on the CPU) and the timing, under NVIDIA's
+    summary names (e2e_inference_time, inference_sequences_per_second).
     per_token: the outputs have a sequence dimension (question answering), which is padded
     back to the dataset's width after the batch was trimmed."""
     model.eval()
@@ -295,7 +330,19 @@ def predict(model, dataset, batch_size, args, device, per_token=False):
         progress.update(len(tensors[0]))
     progress.close()
     seconds = time.monotonic() - started
-    return [torch.cat(o) for o in outputs], len(dataset) / seconds
+    return [torch.cat(o) for o in outputs], {"e2e_inference_time": seconds,
+                                             "inference_sequences_per_second":
+                                             len(dataset) / seconds}
+
+
+NVIDIA_SUMMARY_NAMES = {"acc": "exact_match", "f1": "F1"}
+
+
+def with_nvidia_summary_names(results):
+    """The summary for dllogger.json: `results` plus the names NVIDIA's scripts log the same
+    values under (parsers of their files read F1, and run_glue's accuracy as exact_match)."""
+    return {**results, **{NVIDIA_SUMMARY_NAMES[k]: v for k, v in results.items()
+                          if k in NVIDIA_SUMMARY_NAMES}}
 
 
 def trimmed_batch(names, tensors, device):

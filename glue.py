@@ -120,6 +120,8 @@ class GlueProcessor:
                 text_a=row[columns.text_a],
                 text_b=row[columns.text_b] if columns.text_b is not None else None,
                 label=self._parse_label(row, columns, path, line_number)))
+        if not examples:
+            raise ValueError(f"{path}: no examples (the file has no data rows)")
         return examples
 
     def _parse_label(self, row, columns, path, line_number):

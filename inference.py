@@ -59,6 +59,12 @@ def parse_args(argv=None):
     add_question_args(parser)
     utils.add_precision_args(parser)
     parser.add_argument("--no_cuda", action="store_true", help="use the CPU even with a GPU")
+    parser.add_argument("--seed", type=int, help="accepted for compatibility: inference "
+                                                 "draws nothing at random")
+    parser.add_argument("--verbose_logging", action="store_true",
+                        help="accepted for compatibility")
+    parser.add_argument("--local_rank", "--local-rank", type=int,
+                        help="accepted for compatibility: one process")
     return parser.parse_args(argv)
 
 

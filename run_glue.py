@@ -38,6 +38,9 @@ def parse_args(argv=None):
     parser.add_argument("--do_predict", action="store_true",
                         help="label test.tsv (--do_eval labels and scores the dev set)")
     parser.add_argument("--eval_batch_size", type=int, default=64)
+    parser.add_argument("--server_ip", help="accepted for compatibility (NVIDIA's remote "
+                                            "debugger; not attached here)")
+    parser.add_argument("--server_port", help="accepted for compatibility")
     finetuning.add_finetuning_args(parser, learning_rate=5e-5, epochs=3.0, batch_size=32)
     parser.set_defaults(seed=1)  # NVIDIA's run_glue.py default (run_squad.py's is 42)
     return parser.parse_args(argv)
@@ -69,11 +72,10 @@ def evaluate(model, examples, processor, args, tokenizer, device):
     """Dev-set metrics (and the dev predictions) of the task."""
     tensors = features(examples, processor, args, tokenizer)
     labels = tensors.pop("labels").numpy()
-    (logits,), rate = finetuning.predict(model, finetuning.named_dataset(tensors),
-                                         args.eval_batch_size, args, device)
+    (logits,), timing = finetuning.predict(model, finetuning.named_dataset(tensors),
+                                           args.eval_batch_size, args, device)
     predictions = predicted_labels(logits, processor)
-    results = glue.compute_metrics(args.task_name, predictions, labels)
-    results["inference_sequences_per_second"] = rate
+    results = {**glue.compute_metrics(args.task_name, predictions, labels), **timing}
     finetuning.write_json(f"{args.output_dir}/dev_predictions.json",
                           label_names(examples, predictions, processor))
     return results
@@ -127,7 +129,7 @@ def main(args):
         predict_test(model, examples["test"], processor, args, tokenizer, distributed.device)
     if distributed.is_main:
         finetuning.write_json(f"{args.output_dir}/eval_results.json", results)
-        metrics.log((), results)
+        metrics.log((), finetuning.with_nvidia_summary_names(results))
     metrics.close()
     utils.end_distributed(distributed)
     return results

@@ -24,6 +24,7 @@ and --output_dir are checked before any work, and --predict_file is read before 
 import argparse
 import hashlib
 import json
+import math
 from pathlib import Path
 
 import torch
@@ -61,6 +62,11 @@ def parse_args(argv=None):
     parser.add_argument("--cache_dir", default=None,
                         help="where training features are cached (default: beside the file)")
     parser.add_argument("--skip_cache", action="store_true", help="do not write the cache")
+    parser.add_argument("--eval_script", help="accepted for compatibility: --do_eval scores "
+                                              "with the official v1.1/v2.0 metrics built in")
+    parser.add_argument("--verbose_logging", action="store_true",
+                        help="accepted for compatibility")
+    parser.add_argument("--use_env", action="store_true", help="accepted for compatibility")
     finetuning.add_finetuning_args(parser, learning_rate=5e-5, epochs=3.0, batch_size=32)
     return parser.parse_args(argv)
 
@@ -131,9 +137,10 @@ def read_features(examples, is_training, args, tokenizer):
     return features, tensors
 
 
-def training_tensors(args, tokenizer):
+def training_tensors(args, tokenizer, writes_cache=True):
     """Training features as tensors, from the cache when it was made with these settings
-    from this content of --train_file."""
+    from this content of --train_file; writes_cache: this process may write it (one rank
+    does: each would write the same gigabytes)."""
     path = cache_path(args)
     digest = file_digest(args.train_file)
     tensors = load_cached_features(path, digest, args)
@@ -142,7 +149,7 @@ def training_tensors(args, tokenizer):
     examples = read_examples(args.train_file, True, args)
     features, tensors = read_features(examples, True, args, tokenizer)
     logger.info("%d training questions, %d features", len(examples), len(features))
-    if not args.skip_cache:
+    if writes_cache and not args.skip_cache:
         save_cached_features(path, tensors, digest)
     return tensors
 
@@ -205,9 +212,9 @@ def save_cached_features(path, tensors, digest):
 
 def predict_answers(model, examples, args, tokenizer, device):
     """Answers every question of --predict_file (its examples, read before training);
-    returns (predictions, null_odds, rate)."""
+    returns (predictions, null_odds, timing)."""
     features, tensors = read_features(examples, False, args, tokenizer)
-    (start_logits, end_logits), rate = finetuning.predict(
+    (start_logits, end_logits), timing = finetuning.predict(
         model, finetuning.named_dataset(tensors), args.predict_batch_size, args, device,
         per_token=True)
     results = [squad.RawResult(f.unique_id, s.tolist(), e.tolist())
@@ -221,13 +228,16 @@ def predict_answers(model, examples, args, tokenizer, device):
     finetuning.write_json(output_dir / "nbest_predictions.json", nbest)
     if args.version_2_with_negative:
         finetuning.write_json(output_dir / "null_odds.json", null_odds)
-    return predictions, null_odds, rate
+    return predictions, null_odds, timing
 
 
 def score(args, predictions, null_odds):
-    """The official scripts' metrics, printed as their one JSON line."""
+    """The official scripts' metrics, printed as their one JSON line. The headline scores
+    the predictions as written: they have had --null_score_diff_threshold applied, so the
+    odds only serve the best_* threshold search, never a second cut-off."""
     metrics = squad.evaluate(squad.load_squad_json(args.predict_file), predictions, null_odds,
-                             version_2=args.version_2_with_negative, source=args.predict_file)
+                             version_2=args.version_2_with_negative, na_prob_thresh=math.inf,
+                             source=args.predict_file)
     print(json.dumps(metrics))
     return metrics
 
@@ -280,17 +290,18 @@ def main(args):
 
     results = {}
     if args.do_train:
-        dataset = finetuning.named_dataset(training_tensors(args, tokenizer))
+        dataset = finetuning.named_dataset(training_tensors(args, tokenizer,
+                                                            distributed.is_main))
         results.update(finetuning.train(model, dataset, args, distributed, metrics))
         if distributed.is_main:
             finetuning.save_model(model, args)
     if args.do_predict and distributed.is_main:
-        predictions, null_odds, rate = predict_answers(model, predict_examples, args,
-                                                       tokenizer, distributed.device)
-        results["inference_sequences_per_second"] = rate
+        predictions, null_odds, timing = predict_answers(model, predict_examples, args,
+                                                         tokenizer, distributed.device)
+        results.update(timing)
         if args.do_eval:
             results.update(score(args, predictions, null_odds))
-    metrics.log((), results)
+    metrics.log((), finetuning.with_nvidia_summary_names(results))
     metrics.close()
     utils.end_distributed(distributed)
     return results

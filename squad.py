@@ -305,6 +305,9 @@ def read_squad_examples(path, is_training, version_2_with_negative):
             if example is not None:
                 examples.append(example)
     read_log.report(path, is_training)
+    if not examples:
+        raise SquadFormatError(f"{path}: no questions" + (
+            " that training can use (see the warnings above)" if first_seen else ""))
     return examples
 
 
@@ -447,12 +450,21 @@ def _padded_inputs(tokens, doc_offset, tokenizer, max_seq_length):
             [0] * doc_offset + [1] * (len(tokens) - doc_offset) + padding)
 
 
-def _check_window_sizes(max_seq_length, doc_stride, max_query_length):
-    if max_seq_length < max_query_length + 4:
-        raise ValueError(f"max_seq_length ({max_seq_length}) must be at least max_query_length "
-                         f"({max_query_length}) + 4: [CLS], two [SEP] and one document token")
+def _check_window_sizes(doc_stride):
     if doc_stride < 1:
         raise ValueError(f"doc_stride must be at least 1, got {doc_stride}")
+
+
+def _check_room_for_the_document(example, query_tokens, max_seq_length, max_query_length):
+    """A window holds [CLS], the question, two [SEP] and at least one document token. Checked
+    per question, not as max_query_length + 4 <= max_seq_length: short questions fit windows
+    that the longest allowed one would not."""
+    if len(query_tokens) + 4 > max_seq_length:
+        raise ValueError(
+            f"question {example.qas_id!r}: its {len(query_tokens)} word pieces (at most "
+            f"max_query_length, {max_query_length}) leave no room for the document in a "
+            f"window of max_seq_length {max_seq_length}; lower max_query_length to "
+            f"{max_seq_length - 4} or raise max_seq_length")
 
 
 def convert_examples_to_features(examples, tokenizer, max_seq_length, doc_stride,
@@ -460,11 +472,12 @@ def convert_examples_to_features(examples, tokenizer, max_seq_length, doc_stride
     """One SquadFeature per window of each example, in order; unique_id counts up from
     1000000000. Training features carry start/end_position (0/0 when the answer is not
     wholly inside the window or the question is unanswerable)."""
-    _check_window_sizes(max_seq_length, doc_stride, max_query_length)
+    _check_window_sizes(doc_stride)
     pieces_of = functools.cache(tokenizer.tokenize)      # contexts repeat across questions
     features = []
     for example_index, example in enumerate(examples):
         query_tokens = tokenizer.tokenize(example.question_text)[:max_query_length]
+        _check_room_for_the_document(example, query_tokens, max_seq_length, max_query_length)
         doc = _sub_tokenize_doc(example.doc_tokens, pieces_of)
         answer_span = _answer_token_span(example, doc, tokenizer) if is_training else None
         doc_offset = len(query_tokens) + 2

@@ -157,6 +157,12 @@ def test_unknown_label_names_file_line_label_and_allowed_labels(tmp_path):
         read("sst-2", "dev", tmp_path)
 
 
+def test_a_file_with_a_header_only_is_refused_by_name(tmp_path):
+    (tmp_path / "dev.tsv").write_text("sentence\tlabel\n\n")
+    with pytest.raises(ValueError, match=r"dev\.tsv: no examples \(the file has no data rows\)"):
+        read("sst-2", "dev", tmp_path)
+
+
 def test_sts_b_score_must_be_a_number(tmp_path):
     row = "0\tg\tf\t2012\t1\tnone\tnone\tA.\tB.\tabout four\n"
     (tmp_path / "train.tsv").write_text("header\n" + row)

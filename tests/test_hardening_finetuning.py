@@ -495,6 +495,32 @@ def test_gpu9_no_host_device_sync_per_micro_batch(monkeypatch):
     assert calls and all("finetuning.py" in call for call in calls)   # the count sees ours
 
 
+class RecordedMetrics:
+    def __init__(self):
+        self.losses = {}
+
+    def log(self, step, values, label=None):
+        self.losses[step[1]] = values["loss"]
+
+
+def test_the_logged_loss_is_the_mean_of_the_steps_since_the_last_line():
+    """Not a mean since step 0, which barely moves late in a run; final_loss is the last
+    step's, as NVIDIA's."""
+    logged, summaries = {}, {}
+    for log_freq in (1, 2):
+        model, dataset = classifier_and_data()
+        metrics = RecordedMetrics()
+        summaries[log_freq] = finetuning.train(
+            model, dataset, train_args(max_steps=4, log_freq=log_freq),
+            utils.Distributed(0, 0, 1, torch.device("cpu")), metrics)
+        logged[log_freq] = metrics.losses
+    each = logged[1]
+    assert list(each) == [1, 2, 3, 4] and len(set(each.values())) == 4
+    assert logged[2] == pytest.approx({2: (each[1] + each[2]) / 2, 4: (each[3] + each[4]) / 2},
+                                      rel=1e-6)
+    assert summaries[1]["final_loss"] == summaries[2]["final_loss"] == pytest.approx(each[4])
+
+
 def test_gpu13_accumulation_gives_the_result_of_one_big_batch():
     results = []
     for accumulation in (1, 4):

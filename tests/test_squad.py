@@ -155,6 +155,7 @@ MALFORMED = {
     "bad JSON": (lambda path: path.write_text('{"data": [', encoding="utf-8"),
                  ["not valid JSON", "line 1"]),
     "no data": (_mutated(lambda d: d.pop("data")), ["'data' list of articles", "version"]),
+    "no articles": (_mutated(lambda d: d.update(data=[])), [": no questions"]),
     "no paragraphs": (_mutated(lambda d: d["data"][1].pop("paragraphs")),
                       ["article 1 ('Whale')", "missing 'paragraphs'"]),
     "no qas": (_mutated(lambda d: _paragraph(d, 0, 1).pop("qas")),
@@ -298,9 +299,7 @@ def test_unicode_answers_land_on_their_tokens(fixture_tokenizer):
     assert spans["eiffel-where"] == "paris , france"
 
 
-def test_bad_window_sizes_are_refused(word_tokenizer):
-    with pytest.raises(ValueError, match="max_query_length"):
-        convert(word_tokenizer, [numbered_example(3)], max_seq_length=7, max_query_length=4)
+def test_a_doc_stride_below_one_is_refused(word_tokenizer):
     with pytest.raises(ValueError, match="doc_stride"):
         convert(word_tokenizer, [numbered_example(3)], doc_stride=0)
 
@@ -394,6 +393,17 @@ def test_end_before_start_is_rejected(eiffel_tokenizer):
                               {("eiffel", 0): 8.0, ("france", 0): 1.0})
     assert answer == "Paris, France"
     assert max(e["start_logit"] + e["end_logit"] for e in nbest) == 9.0    # never (paris, eiffel)
+
+
+def test_windows_need_room_for_each_question_not_for_the_longest_allowed(eiffel_tokenizer):
+    short = squad.example_from_text("where is paris ?", EIFFEL, qas_id="short")
+    (feature,) = squad.convert_examples_to_features([short], eiffel_tokenizer, 64, 128, 64, False)
+    assert feature.tokens[:6] == ["[CLS]", "where", "is", "paris", "?", "[SEP]"]
+    long = squad.example_from_text("where is the eiffel tower in paris ?", EIFFEL, qas_id="long")
+    with pytest.raises(ValueError, match="question 'long': its 8 word pieces .* no room for the "
+                                         "document in a window of max_seq_length 11; lower "
+                                         "max_query_length to 7"):
+        squad.convert_examples_to_features([short, long], eiffel_tokenizer, 11, 128, 64, False)
 
 
 def test_only_max_context_starts_and_document_tokens_count(eiffel_tokenizer):
