@@ -228,7 +228,7 @@ def test_two_phases_run_to_the_end(two_phases):
     assert losses[-1] < losses[0]
     assert "start: scratch at step 0, fp32, 2 process(es)" in job_log(results, phase1)
     log = job_log(results, phase2)
-    assert f"resuming from {results}/checkpoints/ckpt_{PHASE1_STEPS}.pt" in log
+    assert f"phase 2 starts from the weights of phase 1's {results}/checkpoints/ckpt_{PHASE1_STEPS}.pt" in log
     assert "start: weights at step 0, fp32, 2 process(es)" in log
 
 
