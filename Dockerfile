@@ -12,11 +12,11 @@ ENV BERT_PREP_WORKING_DIR=/workspace/bert/data
 WORKDIR /workspace/bert
 
 # The container's torch (a CUDA build with apex against it) is kept: the torch requirement is
-# dropped rather than letting pip replace it. dllogger is not on PyPI.
+# dropped rather than letting pip replace it. dllogger is not needed (utils.MetricLogger
+# writes its format).
 COPY requirements.txt .
 RUN grep -v '^torch' requirements.txt > /tmp/requirements.txt \
  && pip install --no-cache-dir -r /tmp/requirements.txt \
-        "git+https://github.com/NVIDIA/dllogger@v1.0.0#egg=dllogger" \
  && rm /tmp/requirements.txt
 
 COPY . .

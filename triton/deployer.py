@@ -87,11 +87,14 @@ def parse_args(argv=None):
 
 # ----------------------------------------------------------------------------- writing
 
-def _tensors(section, tensors):
-    entries = ",\n".join(f'  {{\n    name: "{t["name"]}"\n    data_type: {t["data_type"]}\n'
-                         f'    dims: [ {", ".join(str(d) for d in t["dims"])} ]\n  }}'
-                         for t in tensors)
-    return f"{section} [\n{entries}\n]"
+def _tensors(section, tensors, batch_axis):
+    """batch_axis: the dims name the batch axis too (max_batch_size 0: Triton then adds
+    none, and the exported graph still takes one)."""
+    def entry(tensor):
+        dims = [-1] * batch_axis + list(tensor["dims"])
+        return (f'  {{\n    name: "{tensor["name"]}"\n    data_type: {tensor["data_type"]}\n'
+                f'    dims: [ {", ".join(map(str, dims))} ]\n  }}')
+    return f"{section} [\n" + ",\n".join(map(entry, tensors)) + "\n]"
 
 
 def _parameter(key, value):
@@ -116,8 +119,8 @@ def config_text(args, signature):
     """config.pbtxt for `signature` (export_model.py's signature.json) as `args` ask."""
     sections = [f'name: "{args.model_name}"', BACKENDS[args.backend][0],
                 f"max_batch_size: {args.max_batch_size}",
-                _tensors("input", signature["inputs"]),
-                _tensors("output", signature["outputs"])]
+                _tensors("input", signature["inputs"], args.max_batch_size == 0),
+                _tensors("output", signature["outputs"], args.max_batch_size == 0)]
     if args.dynamic_batching:
         sizes = ", ".join(map(str, _preferred_batch_sizes(args)))
         sections.append(f"dynamic_batching {{\n  preferred_batch_size: [ {sizes} ]\n"

@@ -13,11 +13,19 @@
 # Environment: TRITON_IMAGE (nvcr.io/nvidia/tritonserver:24.10-py3, Triton 2.51 as the
 # bundled server), TRITON_GPUS (all; "none" runs the container without GPUs), TRITON_HOST
 # (127.0.0.1: the address served, or the container's ports are published on),
-# TRITON_VENV (triton/.venv).
+# TRITON_VENV (triton/.venv), TRITON_SERVER (docker | bundled: which server, whatever the
+# machine has; default docker when an engine answers).
 set -euo pipefail
+repository_arg=${1:-}  # a relative path is the caller's, resolved before the cd below
+[ -z "$repository_arg" ] || repository_arg=$(realpath -m "$repository_arg")
 cd "$(dirname "$0")/.."
 
-model_repository=$(realpath "${1:-results/triton_models}")
+model_repository=${repository_arg:-$(realpath -m results/triton_models)}
+if [ ! -d "$model_repository" ]; then
+  echo "launch_triton_server.sh: model repository $model_repository is not a directory" \
+       "(write one with triton/deployer.py)" >&2
+  exit 2
+fi
 http_port=${2:-8000}
 grpc_port=${3:-8001}
 metrics_port=${4:-8002}
@@ -26,7 +34,16 @@ gpus=${TRITON_GPUS:-all}
 host=${TRITON_HOST:-127.0.0.1}
 venv=${TRITON_VENV:-triton/.venv}
 
-if command -v docker >/dev/null && docker info >/dev/null 2>&1; then
+server=${TRITON_SERVER:-}
+if [ -z "$server" ]; then
+  server=bundled
+  command -v docker >/dev/null && docker info >/dev/null 2>&1 && server=docker
+fi
+case "$server" in
+  docker|bundled) ;;
+  *) echo "launch_triton_server.sh: TRITON_SERVER=$server: expected docker or bundled" >&2; exit 2 ;;
+esac
+if [ "$server" = docker ]; then
   gpu_flags=()
   [ "$gpus" = none ] || gpu_flags=(--gpus "$gpus")
   cmd=(docker run --rm "${gpu_flags[@]}" --shm-size=1g --ulimit memlock=-1

@@ -57,9 +57,24 @@ def random_batch(batch_size, seq_length, max_token_id, seed):
     return input_ids, segment_ids * input_mask, input_mask
 
 
-def _timed_calls(send, warmup, duration, failed):
+class Failures:
+    """How many calls failed and the first failure: a server that went away fails every
+    call, and keeping each exception (with its traceback) would fill the memory."""
+
+    def __init__(self):
+        self.count, self.first = 0, None
+
+    def add(self, error, count=1):
+        self.count += count
+        self.first = self.first or error
+
+
+FAILURE_BACKOFF_S = 0.05  # after a failed call: no busy loop against a dead server
+
+
+def _timed_calls(send, warmup, duration, failures):
     """Calls send() for warmup + duration seconds; returns the latencies (s) of the calls
-    that began after the warm-up. Exceptions are appended to `failed` and the loop goes on."""
+    that began after the warm-up. Failures are counted in `failures` and the loop goes on."""
     latencies = []
     counted_from = time.perf_counter() + warmup
     stop_at = counted_from + duration
@@ -67,7 +82,8 @@ def _timed_calls(send, warmup, duration, failed):
         try:
             send()
         except Exception as error:
-            failed.append(error)
+            failures.add(error)
+            time.sleep(FAILURE_BACKOFF_S)
             continue
         if began >= counted_from:
             latencies.append(time.perf_counter() - began)
@@ -81,20 +97,22 @@ def measure(make_sender, concurrency, duration, warmup):
     make_sender runs in the thread that will use the sender (tritonclient's HTTP client
     works only in the thread that created it)."""
     start_line = threading.Barrier(concurrency + 1)
-    latencies, errors, lock = [], [], threading.Lock()
+    latencies, failures, lock = [], Failures(), threading.Lock()
 
     def worker():
-        failed, mine = [], []
+        failed, mine = Failures(), []
         try:
             send = make_sender()
         except Exception as error:  # e.g. no server: reported, and the others still start
-            send, failed = None, [error]
+            send = None
+            failed.add(error)
         start_line.wait()
         if send is not None:
             mine = _timed_calls(send, warmup, duration, failed)
         with lock:
             latencies.extend(mine)
-            errors.extend(failed)
+            if failed.count:
+                failures.add(failed.first, failed.count)
 
     threads = [threading.Thread(target=worker) for _ in range(concurrency)]
     for thread in threads:
@@ -106,8 +124,9 @@ def measure(make_sender, concurrency, duration, warmup):
     p50, p90, p99 = np.percentile(milliseconds, [50, 90, 99])
     return {"concurrency": concurrency, "requests": len(latencies),
             "requests_per_s": len(latencies) / duration, "p50_ms": p50, "p90_ms": p90,
-            "p99_ms": p99, "errors": len(errors),
-            "first_error": f"{type(errors[0]).__name__}: {errors[0]}" if errors else None}
+            "p99_ms": p99, "errors": failures.count,
+            "first_error": (f"{type(failures.first).__name__}: {failures.first}"
+                            if failures.first else None)}
 
 
 def triton_sender(protocol, url, model_name, model_version, arrays):
