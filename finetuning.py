@@ -42,7 +42,7 @@ from torch.utils.data import (
 import utils
 from model import BertConfig, export_huggingface, load_checkpoint
 from optimization import linear_warmup_schedule, make_adamw, param_groups
-from tokenization import load_vocab, lower_case_for_model
+from tokenization import FullTokenizer, load_vocab, lower_case_for_model
 from utils import logger
 
 MAX_GRAD_NORM = 1.0
@@ -78,6 +78,21 @@ def add_finetuning_args(parser, learning_rate, epochs, batch_size):
                         help="also write a Hugging Face directory to <output_dir>/huggingface")
     utils.add_common_args(parser)
     parser.set_defaults(log_freq=50)  # NVIDIA's run_squad.py default (pre-training logs every step)
+
+
+def start_run(args):
+    """What both fine-tuning scripts do once their arguments are checked: processes, logging,
+    seeds, the model's files, the tokenizer and the metrics file. Returns (distributed,
+    tokenizer, metrics)."""
+    distributed = utils.init_distributed(args.no_cuda, utils.precision_of(args))
+    utils.setup_logging(distributed.is_main)
+    utils.seed_everything(args.seed, distributed.rank)
+    resolve_model_files(args)
+    tokenizer = FullTokenizer(args.vocab_file, do_lower_case(args))
+    metrics = utils.MetricLogger(args.json_summary or f"{args.output_dir}/dllogger.json",
+                                 enabled=distributed.is_main)
+    metrics.parameters(vars(args))
+    return distributed, tokenizer, metrics
 
 
 def resolve_model_files(args):

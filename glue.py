@@ -26,15 +26,15 @@ Deliberate deviations from NVIDIA's processors/glue.py:
   branch calls an undefined function). Results are plain floats.
 """
 
-import codecs
 import csv
 import dataclasses
 import io
 import os
-from pathlib import Path
 
 import numpy as np
 import torch
+
+import utils
 
 CLASSIFICATION = "classification"
 REGRESSION = "regression"
@@ -142,31 +142,12 @@ class GlueProcessor:
 
 def _read_tsv(path, skip_header):
     """Yields (1-based line number, fields) for each non-blank data row of `path`."""
-    reader = csv.reader(io.StringIO(_read_text(path), newline=""), delimiter="\t",
+    reader = csv.reader(io.StringIO(utils.read_utf8_text(path, "GLUE file"), newline=""), delimiter="\t",
                         quoting=csv.QUOTE_NONE)
     for index, row in enumerate(reader):
         if (index == 0 and skip_header) or not row:
             continue
         yield reader.line_num, row
-
-
-def _read_text(path):
-    """The file's text (UTF-8, a byte-order mark dropped); a binary or non-UTF-8 file is an
-    error naming it and the line of the first bad byte."""
-    data = Path(path).read_bytes().removeprefix(codecs.BOM_UTF8)  # MRPC's files have one
-    if b"\0" in data:
-        raise ValueError(f"{path}, line {_line_of(data, data.index(0))}: NUL byte: it is a "
-                         "binary file, not a GLUE TSV file")
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError as error:
-        raise ValueError(f"{path}, line {_line_of(data, error.start)}: byte "
-                         f"0x{data[error.start]:02x} is not UTF-8: GLUE files are UTF-8 text; "
-                         "convert the file (e.g. iconv -t UTF-8) or download it again") from None
-
-
-def _line_of(data, offset):
-    return data.count(b"\n", 0, offset) + 1
 
 
 _BINARY = ("0", "1")

@@ -76,7 +76,7 @@ def read_context(args):
     if args.context is not None:
         return args.context
     try:
-        return squad.read_text_file(args.context_file, "--context_file")
+        return utils.read_utf8_text(args.context_file, "--context_file")
     except OSError as e:  # every bad --context_file is the same kind of error
         raise ValueError(str(e)) from None
 

@@ -23,7 +23,6 @@ import finetuning
 import glue
 import utils
 from model import BertForSequenceClassification
-from tokenization import FullTokenizer
 
 
 def parse_args(argv=None):
@@ -104,14 +103,7 @@ def main(args):
     utils.check_writable_dir(args.output_dir, "--output_dir")
     processor = glue.get_processor(args.task_name)
     examples = read_examples(processor, args)
-    distributed = utils.init_distributed(args.no_cuda, utils.precision_of(args))
-    utils.setup_logging(distributed.is_main)
-    utils.seed_everything(args.seed, distributed.rank)
-    finetuning.resolve_model_files(args)
-    tokenizer = FullTokenizer(args.vocab_file, finetuning.do_lower_case(args))
-    metrics = utils.MetricLogger(args.json_summary or f"{args.output_dir}/dllogger.json",
-                                 enabled=distributed.is_main)
-    metrics.parameters(vars(args))
+    distributed, tokenizer, metrics = finetuning.start_run(args)
     model = finetuning.load_model(BertForSequenceClassification, args, distributed.device,
                                   will_train=args.do_train, num_labels=processor.num_labels)
 

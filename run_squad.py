@@ -33,7 +33,6 @@ import finetuning
 import squad
 import utils
 from model import BertForQuestionAnswering
-from tokenization import FullTokenizer
 from utils import logger
 
 
@@ -274,14 +273,7 @@ def main(args):
         return score_predictions_file(args)
     utils.check_precision_args(args)
     utils.check_writable_dir(args.output_dir, "--output_dir")
-    distributed = utils.init_distributed(args.no_cuda, utils.precision_of(args))
-    utils.setup_logging(distributed.is_main)
-    utils.seed_everything(args.seed, distributed.rank)
-    finetuning.resolve_model_files(args)
-    tokenizer = FullTokenizer(args.vocab_file, finetuning.do_lower_case(args))
-    metrics = utils.MetricLogger(args.json_summary or f"{args.output_dir}/dllogger.json",
-                                 enabled=distributed.is_main)
-    metrics.parameters(vars(args))
+    distributed, tokenizer, metrics = finetuning.start_run(args)
     model = finetuning.load_model(BertForQuestionAnswering, args, distributed.device,
                                   will_train=args.do_train)
     # Read before training, so that a malformed --predict_file fails now, not after it.

@@ -22,7 +22,7 @@ Deliberate deviations from Google's and NVIDIA's run_squad.py:
   a dev file can serve as a small training set. Questions marked is_impossible without
   version_2_with_negative are skipped for training with a warning (the original stops at
   their empty answer list).
-- A binary or non-UTF-8 file is an error naming it and the first bad byte (the original
+- A binary or non-UTF-8 file is an error naming it and the line of the first bad byte (the original
   fails with a bare UnicodeDecodeError).
 - Each distinct context word is WordPiece-tokenized once per conversion, not once per
   question; the features are identical.
@@ -56,12 +56,12 @@ import string
 import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
 import torch
 
+import utils
 from tokenization import BasicTokenizer
 
 logger = logging.getLogger("bert")
@@ -129,32 +129,12 @@ def example_from_text(question, context, qas_id="0"):
     return SquadExample(qas_id=qas_id, question_text=question, doc_tokens=doc_tokens)
 
 
-def read_text_file(path, what):
-    """The UTF-8 text of the file at `path`; `what` names it in errors (a flag or a role).
-
-    A binary file (NUL bytes) or one in another encoding is a ValueError saying so, with the
-    offset of the first bad byte, instead of a bare UnicodeDecodeError."""
-    try:
-        data = Path(path).read_bytes()
-    except OSError as error:
-        raise type(error)(f"{what} {path}: {error.strerror or error}") from None
-    if b"\0" in data:
-        raise ValueError(f"{what} {path} holds NUL bytes (first at byte {data.index(0)}): "
-                         "it is a binary file, not text; pass a UTF-8 text file")
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError as error:
-        raise ValueError(f"{what} {path} is not UTF-8 text: byte {error.start} "
-                         f"(0x{data[error.start]:02x}) cannot be decoded; convert the file to "
-                         "UTF-8 (e.g. iconv -f LATIN1 -t UTF-8) or pass the right file") from None
-
-
 def load_squad_json(path, what="SQuAD file"):
     """The parsed SQuAD file at `path` (a dict with a 'data' list of articles).
     Raises SquadFormatError naming the file for bad JSON or a missing 'data' list, and
     ValueError for a binary or non-UTF-8 file."""
     try:
-        dataset = json.loads(read_text_file(path, what))
+        dataset = json.loads(utils.read_utf8_text(path, what))
     except json.JSONDecodeError as error:
         raise SquadFormatError(f"{path}: not valid JSON (line {error.lineno}, column "
                                f"{error.colno}: {error.msg})") from None

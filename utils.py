@@ -2,8 +2,9 @@
 logger, checkpoint files, the pre-emption flag, progress reporting and atomic writes.
 
 Deliberate deviations from NVIDIA's utils/run scripts:
-- One logger writes dllogger's `DLLL {json}` lines itself when dllogger is not installed
-  (it is not on PyPI); with dllogger installed it is used instead.
+- One logger writes dllogger's `DLLL {json}` lines itself, dllogger installed or not (it
+  is not on PyPI): a resumed run appends to the file, which dllogger 1.0.0's JSON backend
+  would truncate at each start.
 - Ranks come from torchrun (RANK, LOCAL_RANK, WORLD_SIZE) or directly from Slurm
   (SLURM_PROCID, SLURM_LOCALID, SLURM_NTASKS) when srun starts the processes itself; a rank
   drives GPU local_rank modulo the GPUs it sees (one GPU per Slurm task works), and the
@@ -17,6 +18,7 @@ Deliberate deviations from NVIDIA's utils/run scripts:
 """
 
 import argparse
+import codecs
 import contextlib
 import ctypes
 import datetime
@@ -101,6 +103,30 @@ def current_umask():
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+def read_utf8_text(path, what):
+    """The text of the file at `path`: UTF-8, a byte-order mark (MRPC's files have one)
+    dropped. `what` names the file in errors (a flag or a role). A missing file, a binary
+    one or one in another encoding is an error naming the file and the line of the first
+    bad byte, not a bare UnicodeDecodeError."""
+    try:
+        data = Path(path).read_bytes().removeprefix(codecs.BOM_UTF8)
+    except OSError as error:
+        raise type(error)(f"{what} {path}: {error.strerror or error}") from None
+    if b"\0" in data:
+        raise ValueError(f"{what} {path}, line {_line_of(data, data.index(0))}: a NUL byte: "
+                         "it is a binary file, not text; pass a UTF-8 text file")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise ValueError(f"{what} {path}, line {_line_of(data, error.start)}: byte "
+                         f"0x{data[error.start]:02x} is not UTF-8; convert the file (e.g. "
+                         "iconv -f LATIN1 -t UTF-8) or pass the right file") from None
+
+
+def _line_of(data, offset):
+    return data.count(b"\n", 0, offset) + 1
 
 
 def atomic_write_text(path, text):

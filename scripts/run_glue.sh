@@ -24,10 +24,8 @@
 # Environment: EXTRA_ARGS (appended), e.g. "--max_seq_length 64".
 set -euo pipefail
 cd "$(dirname "$0")/.."
-# glibc's thread cache keeps the slivers that torch's aligned allocations split off, so a
-# freed large block is not reused and each step faults in fresh pages (see
-# utils.reuse_freed_memory): without the cache SST-2 bf16 fine-tuning ran 6-16% faster.
-export GLIBC_TUNABLES=${GLIBC_TUNABLES:-glibc.malloc.tcache_count=0}
+# shellcheck source=scripts/wrapper_common.sh
+source scripts/wrapper_common.sh
 data=${BERT_PREP_WORKING_DIR:-data}
 
 init_checkpoint=${1:-$data/checkpoints/bert_uncased.pt}
@@ -53,13 +51,8 @@ args=(--task_name "$task_name" --data_dir "$data_dir" --init_checkpoint "$init_c
       --train_batch_size "$batch_size" --gradient_accumulation_steps "$gradient_accumulation_steps"
       --learning_rate "$learning_rate" --warmup_proportion "$warmup_proportion"
       --num_train_epochs "$epochs" --max_steps "$max_steps" --json-summary "$out_dir/dllogger.json")
-case "$precision" in
-  fp16) args+=(--fp16) ;;
-  bf16) args+=(--bf16) ;;
-  tf32) args+=(--tf32) ;;
-  fp32) ;;
-  *) echo "precision must be fp16, bf16, tf32 or fp32, not '$precision'" >&2; exit 2 ;;
-esac
+set_precision_flags "$precision"
+args+=("${PRECISION_FLAGS[@]}")
 [[ "$mode" == *train* ]] && args+=(--do_train)
 [[ "$mode" == *eval* ]] && args+=(--do_eval)
 [[ "$mode" == *prediction* ]] && args+=(--do_predict)

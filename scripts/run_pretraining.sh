@@ -38,10 +38,8 @@
 # MAX_PREDICTIONS_PHASE1/2 (20/80), EXTRA_ARGS (appended to both phases).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-# glibc's thread cache keeps the slivers that torch's aligned allocations split off, so a
-# freed large block is not reused and each step faults in fresh pages (see
-# utils.reuse_freed_memory): without the cache SST-2 bf16 fine-tuning ran 6-16% faster.
-export GLIBC_TUNABLES=${GLIBC_TUNABLES:-glibc.malloc.tcache_count=0}
+# shellcheck source=scripts/wrapper_common.sh
+source scripts/wrapper_common.sh
 
 train_batch_size=${1:-8192}
 learning_rate=${2:-6e-3}
@@ -71,14 +69,7 @@ BERT_CONFIG=${BERT_CONFIG:-bert_configs/large.json}
 RESULTS_DIR=${RESULTS_DIR:-results}
 CHECKPOINTS_DIR=${CHECKPOINTS_DIR:-$RESULTS_DIR/checkpoints}
 
-precision_flags=()
-case "$precision" in
-  fp16) precision_flags=(--fp16) ;;
-  bf16) precision_flags=(--bf16) ;;
-  tf32) precision_flags=(--tf32) ;;
-  fp32) ;;
-  *) echo "precision must be fp16, bf16, tf32 or fp32, not '$precision'" >&2; exit 2 ;;
-esac
+set_precision_flags "$precision"
 
 # True when the folder holds shards that run_pretraining.py reads (HDF5, or LDDL Parquet).
 has_shards() {
@@ -106,7 +97,7 @@ mkdir -p "$CHECKPOINTS_DIR" "$RESULTS_DIR"
 [ "$accumulate_gradients" = true ] || { gradient_accumulation_steps=1; gradient_accumulation_steps_phase2=1; }
 common=(--config_file "$BERT_CONFIG" --output_dir "$CHECKPOINTS_DIR" --seed "$seed"
         --num_steps_per_checkpoint "$save_checkpoint_steps" --bert_model bert-large-uncased
-        --json-summary "$RESULTS_DIR/dllogger.json" --disable_progress_bar "${precision_flags[@]}")
+        --json-summary "$RESULTS_DIR/dllogger.json" --disable_progress_bar "${PRECISION_FLAGS[@]}")
 [ -n "${VOCAB_FILE:-}" ] && common+=(--vocab_file "$VOCAB_FILE")
 [ "$allreduce_post_accumulation" = true ] && common+=(--allreduce_post_accumulation)
 [ "$allreduce_post_accumulation_fp16" = true ] && [ "$precision" = fp16 ] && common+=(--allreduce_post_accumulation_fp16)

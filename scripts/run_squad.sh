@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Fine-tunes and/or evaluates BERT on SQuAD v1.1 (run_squad.py). Before launching it checks
+# Fine-tunes and/or evaluates BERT on SQuAD v1.1 or v2.0 (run_squad.py). Before launching it checks
 # the files the mode reads and num_gpus against this machine's GPUs, naming what to set.
 #
 # Positional arguments, in order (default):
@@ -11,6 +11,7 @@
 #  6 num_gpus (8)                   1 on a CPU machine
 #  7 seed (1)
 #  8 squad_dir ($BERT_PREP_WORKING_DIR/download/squad/v1.1)   train-v1.1.json, dev-v1.1.json
+#                                  (v2.0 and the -v2.0.json files with --version_2_with_negative)
 #  9 vocab_file ($BERT_PREP_WORKING_DIR/download/google_pretrained_weights/uncased_L-24_H-1024_A-16/vocab.txt)
 # 10 out_dir (results/SQuAD)
 # 11 mode (train)                   any of: train, eval (predict + score), prediction
@@ -18,13 +19,14 @@
 # 13 max_steps (-1)                 > 0 stops early (benchmarks)
 # The order is the documented one (NVIDIA's README); NVIDIA's current script also takes
 # warmup_proportion as argument 5 (here: EXTRA_ARGS="--warmup_proportion P", default 0.1).
-# Environment: EXTRA_ARGS (appended), e.g. "--version_2_with_negative".
+# Environment: EXTRA_ARGS (appended), e.g. "--version_2_with_negative" (SQuAD 2.0).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-# glibc's thread cache keeps the slivers that torch's aligned allocations split off, so a
-# freed large block is not reused and each step faults in fresh pages (see
-# utils.reuse_freed_memory): without the cache SST-2 bf16 fine-tuning ran 6-16% faster.
-export GLIBC_TUNABLES=${GLIBC_TUNABLES:-glibc.malloc.tcache_count=0}
+read -r -a extra <<< "${EXTRA_ARGS:-}"
+version=v1.1
+for flag in "${extra[@]}"; do [ "$flag" = --version_2_with_negative ] && version=v2.0; done
+# shellcheck source=scripts/wrapper_common.sh
+source scripts/wrapper_common.sh
 data=${BERT_PREP_WORKING_DIR:-data}
 
 init_checkpoint=${1:-$data/checkpoints/bert_uncased.pt}
@@ -34,7 +36,7 @@ learning_rate=${4:-3e-5}
 precision=${5:-fp16}
 num_gpus=${6:-8}
 seed=${7:-1}
-squad_dir=${8:-$data/download/squad/v1.1}
+squad_dir=${8:-$data/download/squad/$version}
 vocab_file=${9:-$data/download/google_pretrained_weights/uncased_L-24_H-1024_A-16/vocab.txt}
 out_dir=${10:-results/SQuAD}
 mode=${11:-train}
@@ -44,20 +46,14 @@ max_steps=${13:--1}
 args=(--init_checkpoint "$init_checkpoint" --vocab_file "$vocab_file" --config_file "$config_file"
       --bert_model bert-large-uncased --do_lower_case --max_seq_length 384 --doc_stride 128
       --output_dir "$out_dir" --seed "$seed" --json-summary "$out_dir/dllogger.json")
-case "$precision" in
-  fp16) args+=(--fp16) ;;
-  bf16) args+=(--bf16) ;;
-  tf32) args+=(--tf32) ;;
-  fp32) ;;
-  *) echo "precision must be fp16, bf16, tf32 or fp32, not '$precision'" >&2; exit 2 ;;
-esac
-[[ "$mode" == *train* ]] && args+=(--do_train --train_file "$squad_dir/train-v1.1.json"
+set_precision_flags "$precision"
+args+=("${PRECISION_FLAGS[@]}")
+[[ "$mode" == *train* ]] && args+=(--do_train --train_file "$squad_dir/train-$version.json"
   --train_batch_size "$batch_size" --learning_rate "$learning_rate"
   --num_train_epochs "$epochs" --max_steps "$max_steps")
 [[ "$mode" == *eval* || "$mode" == *prediction* ]] && args+=(--do_predict
-  --predict_file "$squad_dir/dev-v1.1.json" --predict_batch_size "$batch_size")
+  --predict_file "$squad_dir/dev-$version.json" --predict_batch_size "$batch_size")
 [[ "$mode" == *eval* ]] && args+=(--do_eval)
-read -r -a extra <<< "${EXTRA_ARGS:-}"
 args+=("${extra[@]}")
 
 problems=()
@@ -66,10 +62,10 @@ problem() { problems+=("$*"); }
   "pass a pre-trained checkpoint (run_pretraining.py's ckpt_<step>.pt, NVIDIA's, or a Hugging Face folder)"
 [ -f "$vocab_file" ] || problem "vocab_file (argument 9) $vocab_file is not a file"
 [ -f "$config_file" ] || problem "config_file (argument 12) $config_file is not a file"
-[[ "$mode" != *train* ]] || [ -f "$squad_dir/train-v1.1.json" ] ||
-  problem "squad_dir (argument 8) $squad_dir holds no train-v1.1.json (data/squad/squad_download.sh)"
-[[ "$mode" != *eval* && "$mode" != *prediction* ]] || [ -f "$squad_dir/dev-v1.1.json" ] ||
-  problem "squad_dir (argument 8) $squad_dir holds no dev-v1.1.json (data/squad/squad_download.sh)"
+[[ "$mode" != *train* ]] || [ -f "$squad_dir/train-$version.json" ] ||
+  problem "squad_dir (argument 8) $squad_dir holds no train-$version.json (data/squad/squad_download.sh)"
+[[ "$mode" != *eval* && "$mode" != *prediction* ]] || [ -f "$squad_dir/dev-$version.json" ] ||
+  problem "squad_dir (argument 8) $squad_dir holds no dev-$version.json (data/squad/squad_download.sh)"
 gpus=$(python -c "import torch; print(torch.cuda.device_count())")
 [ "$num_gpus" -le "$(( gpus > 0 ? gpus : 1 ))" ] || problem "num_gpus (argument 6) is $num_gpus," \
   "but this machine has $gpus GPUs: pass $(( gpus > 0 ? gpus : 1 )) (one process per GPU; 1 on a machine without one)"
