@@ -4,7 +4,9 @@ is served, as RoBERTa does).
 
 BERT's rule: per instance, round(length x masked_lm_prob) positions (at least 1, at most
 max_predictions_per_seq) chosen uniformly among the non-special tokens, whole words together
-with --whole_word_masking; of those 80% become [MASK], 10% a random token, 10% stay.
+with --whole_word_masking (then the word that would pass the count is left out, and no later,
+shorter word takes its place as in Google's code: 0.4% fewer masked tokens on the quick
+start's shards); of those 80% become [MASK], 10% a random token, 10% stay.
 
 Dynamic masks are a function of (seed, epoch, instance) only: `InstanceRandom` draws each
 instance's numbers from a counter-based hash of those, so the same instance gets the same

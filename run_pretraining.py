@@ -42,6 +42,11 @@ Deliberate deviations from NVIDIA's run_pretraining.py:
   instance): the same for any number of ranks, and resume stays exact.
 - A run stopped by a signal exits with status 75 after its checkpoint, not 0, so that a
   wrapper does not take an unfinished phase 1 for a finished one.
+- --steps_this_run N counts the steps of this run (a resumed job does N more), where
+  NVIDIA's compares it with the global step; a job resubmitted under a time limit passes
+  the same N each time.
+- A loss that is not finite (outside fp16's skipped steps) stops the run with an error at
+  the next log or checkpoint step, before any checkpoint of diverged weights is written.
 """
 
 import argparse
@@ -104,7 +109,8 @@ def parse_args(argv=None):
                         help="after warm-up the lr decays as (1 - progress) ** degree: 0.5 is "
                              "NVIDIA's, 1 a linear decay to zero")
     parser.add_argument("--steps_this_run", type=int, default=-1,
-                        help="stop after this many steps (the schedule still spans max_steps)")
+                        help="stop after this many steps of this run (the schedule still spans "
+                             "max_steps)")
     parser.add_argument("--allreduce_post_accumulation", action="store_true",
                         help="all-reduce gradients once per optimizer step, not per micro-batch")
     parser.add_argument("--allreduce_post_accumulation_fp16", action="store_true",
@@ -271,7 +277,8 @@ def restore(state, how, args, model, optimizer, scheduler, scaler):
         model.load_state_dict(state["model"])
         load_lamb_state(optimizer, state["optimizer"], state.get("optimizer_kind"))
         scheduler.load_state_dict(state["scheduler"])
-        scaler.load_state_dict(state["grad_scaler"])
+        if state["grad_scaler"]:  # empty when saved without fp16's scaler
+            scaler.load_state_dict(state["grad_scaler"])
         return state["step"], Position(**state["data_position"])
     if state is not None:  # a phase-1 checkpoint opens phase 2 with fresh optimizer state
         model.load_state_dict(state["model"])
@@ -387,6 +394,9 @@ def save(state, step, args, distributed):
     """Rank 0 writes ckpt_<number>.pt, numbered from phase1_end_step in phase 2."""
     if args.skip_checkpoint or not distributed.is_main:
         return
+    if step == 0 and args.phase2:  # its number would be phase 1's last: nothing to keep
+        logger.info("phase 2 stopped before its first step: nothing to save")
+        return
     offset = args.phase1_end_step if args.phase2 else 0
     path = utils.checkpoint_path(args.output_dir, step + offset)
     utils.save_checkpoint(state, path, keep=args.keep_checkpoints,
@@ -427,7 +437,11 @@ def train(args, trainer, batches, start_step, metrics, distributed):
             skipped, skipped_in_a_row = skipped + 1, skipped_in_a_row + 1
             check_skipped_steps(skipped_in_a_row, args.max_skipped_steps, trainer.scaler, step)
         stop = preemption.should_stop(distributed)  # every iteration, skipped or not
-        if stop or applied and (step == last_step or step % args.num_steps_per_checkpoint == 0):
+        saving = stop or applied and (step == last_step or
+                                      step % args.num_steps_per_checkpoint == 0)
+        if saving or applied and step % args.log_freq == 0:
+            check_finite(final_losses, step)
+        if saving:
             save(checkpoint_state(trainer.model, trainer.optimizer, trainer.scheduler,
                                   trainer.scaler, step, batches, args, distributed),
                  step, args, distributed)
@@ -462,6 +476,18 @@ class LogWindow:
                   "skipped_steps": skipped}
         self._reset()
         return values
+
+
+def check_finite(losses, step):
+    """Outside fp16 (whose scaler skips such steps) a loss that is not finite means the
+    weights no longer are: stop before a checkpoint of them replaces a good one (retention
+    would delete the last finite checkpoints one by one). Read at log and checkpoint steps
+    only, where the host reads the losses anyway."""
+    if losses is not None and not torch.isfinite(losses).all():
+        raise FloatingPointError(
+            f"the loss at step {step} is not finite ({losses[0].item()}): the run diverged and "
+            "nothing was saved from this point. Resume from the last checkpoint with a lower "
+            "--learning_rate (or --warmup_proportion higher), or check the input data")
 
 
 def check_skipped_steps(in_a_row, limit, scaler, step):

@@ -159,6 +159,52 @@ def test_preemption_is_seen_while_steps_are_skipped(shards, tmp_path, monkeypatc
     assert [p.name for p in tmp_path.glob("ckpt_*.pt")] == ["ckpt_0.pt"]
 
 
+def test_phase2_stopped_before_its_first_step_leaves_phase1s_checkpoint(shards, tmp_path,
+                                                                       monkeypatch):
+    run_pretraining.main(args_for(*shards, tmp_path))  # phase 1: ckpt_8.pt
+    phase1 = (tmp_path / "ckpt_8.pt").read_bytes()
+
+    def skipped_then_signalled(trainer, stream):
+        os.kill(os.getpid(), 10)
+        return never_applied(trainer, stream)
+
+    monkeypatch.setattr(run_pretraining.Trainer, "step", skipped_then_signalled)
+    result = run_pretraining.main(args_for(*shards, tmp_path, "--fp16", "--phase2",
+                                           "--resume_from_checkpoint", "--phase1_end_step", 8))
+    assert result["step"] == 0 and result["preempted"]
+    assert [p.name for p in tmp_path.glob("ckpt_*.pt")] == ["ckpt_8.pt"]
+    assert (tmp_path / "ckpt_8.pt").read_bytes() == phase1
+
+
+def test_a_loss_that_is_not_finite_stops_before_a_checkpoint_of_it(shards, tmp_path,
+                                                                  monkeypatch):
+    """bf16 and fp32 have no scaler to skip the step: the run must stop, not save NaN
+    weights over the last good checkpoint."""
+    real_step = run_pretraining.Trainer.step
+
+    def diverging_after_step_3(trainer, stream):
+        losses, learning_rate, applied = real_step(trainer, stream)
+        if trainer.scheduler.last_epoch > 3:
+            losses = torch.full_like(losses, float("nan"))
+        return losses, learning_rate, applied
+
+    monkeypatch.setattr(run_pretraining.Trainer, "step", diverging_after_step_3)
+    with pytest.raises(FloatingPointError, match="the loss at step 4 is not finite .*nothing "
+                                                 "was saved from this point"):
+        run_pretraining.main(args_for(*shards, tmp_path, "--num_steps_per_checkpoint", 2,
+                                      "--log_freq", 1))
+    assert sorted(p.name for p in tmp_path.glob("ckpt_*.pt")) == ["ckpt_2.pt"]
+
+
+def test_a_bf16_checkpoint_resumes_under_fp16(shards, tmp_path):
+    """A run without a loss scaler saves its empty state: an fp16 resume keeps its own."""
+    run_pretraining.main(args_for(*shards, tmp_path, "--bf16", "--steps_this_run", 2))
+    assert torch.load(tmp_path / "ckpt_2.pt", weights_only=True)["grad_scaler"] == {}
+    result = run_pretraining.main(args_for(*shards, tmp_path, "--fp16", "--resume_from_checkpoint",
+                                           "--steps_this_run", 1))
+    assert result["step"] == 3
+
+
 # ----------------------------------------------------------------------------- fp16 all-reduce
 
 def _fp16_hook_rank(rank, store_file, results):
