@@ -160,6 +160,14 @@ def test_classification_export_with_int32_inputs(tiny_models, tmp_path):
                                      "data_type": "TYPE_FP32", "dims": [3]}]
 
 
+def test_export_check_takes_another_batch_and_length_than_the_export(tiny_models, tmp_path):
+    """Batch 1 is exported at 2 (torch.export fixes an axis of 1), so the check takes 3; a
+    length of 6 is checked at 2."""
+    result = export(tiny_models, tmp_path, "squad", tiny_models["folder"] / "qa.pt",
+                    "--format", "onnx", "--batch_size", 1, "--max_seq_length", 6)
+    assert "on inputs (3, 2)" in result.stdout, result.stdout
+
+
 def test_export_check_fails_when_the_export_differs(tiny_models, tmp_path):
     model = tiny_models["qa"]
     example = export_model.random_inputs(model.config.vocab_size, 2, 16, torch.int64, seed=0)
@@ -203,6 +211,32 @@ def test_a_model_without_implicit_batching_names_the_batch_axis(qa_export, tmp_p
     config = (tmp_path / "bert_qa" / "config.pbtxt").read_text()
     assert "max_batch_size: 0" in config and config.count("dims: [ -1, -1 ]") == 5, config
     assert "valid" in run_deployment(TRITON / "deployer.py", "--check", tmp_path / "bert_qa").stdout
+
+
+def test_each_backend_gets_its_own_thread_setting(qa_export, tmp_path):
+    export_dir, _ = qa_export
+    for backend, key in (("onnxruntime", "intra_op_thread_count"),
+                         ("pytorch", "INTRA_OP_THREAD_COUNT")):
+        run_deployment(TRITON / "deployer.py", "--export_dir", export_dir, "--model_repository",
+                       tmp_path / backend, "--backend", backend, "--intra_op_threads", 2)
+        config = (tmp_path / backend / "bert" / "config.pbtxt").read_text()
+        assert f'key: "{key}"\n  value: {{ string_value: "2" }}' in config, config
+
+
+@pytest.mark.parametrize("arguments, message", [
+    (["--backend", "pytorch", "--onnx_accelerator", "tensorrt"],
+     "--onnx_accelerator tensorrt needs --backend onnxruntime on GPU instances, not "
+     "--backend pytorch on gpu"),
+    (["--instance_kind", "cpu", "--onnx_accelerator", "tensorrt"], "not --backend onnxruntime on cpu"),
+    (["--backend", "python", "--gpus", "0"],
+     "--gpus places GPU instances, but these instances are cpu"),
+])
+def test_settings_the_backend_would_ignore_are_refused(qa_export, tmp_path, arguments, message):
+    export_dir, _ = qa_export
+    result = run_deployment(TRITON / "deployer.py", "--export_dir", export_dir,
+                            "--model_repository", tmp_path, *arguments, check=False)
+    assert result.returncode == 2 and message in result.stderr, result.stderr
+    assert not list(tmp_path.iterdir())
 
 
 @pytest.mark.parametrize("typo, correct, message", [

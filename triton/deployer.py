@@ -46,6 +46,11 @@ BACKENDS = {
 PLATFORM_FILES = {"onnxruntime_onnx": ["model.onnx"], "pytorch_libtorch": ["model.pt"]}
 BACKEND_FILES = {"onnxruntime": ["model.onnx"], "pytorch": ["model.pt"],
                  "python": ["model.py"]}
+# The parameter each backend reads for its intra-op threads (the python backend's is read
+# by triton/onnx_python_model.py and handed to onnxruntime).
+INTRA_OP_THREADS_KEY = {"onnxruntime": "intra_op_thread_count",
+                        "pytorch": "INTRA_OP_THREAD_COUNT",
+                        "python": "intra_op_thread_count"}
 
 
 class ConfigError(ValueError):
@@ -76,13 +81,24 @@ def parse_args(argv=None):
     parser.add_argument("--gpus", type=int, nargs="+", default=None,
                         help="GPU ids for the instances (default: every GPU)")
     parser.add_argument("--intra_op_threads", type=int, default=0,
-                        help="onnxruntime threads per instance (0: onnxruntime's default)")
+                        help="intra-op threads per instance (0: the backend's default)")
     parser.add_argument("--onnx_accelerator", choices=["none", "tensorrt"], default="none",
                         help="--backend onnxruntime on GPU: run through TensorRT's provider")
     args = parser.parse_args(argv)
     if not args.check and not (args.export_dir and args.model_repository):
         parser.error("give --export_dir and --model_repository, or --check CONFIG ...")
+    kind = instance_kind(args)
+    if args.onnx_accelerator == "tensorrt" and (args.backend != "onnxruntime" or kind == "cpu"):
+        parser.error("--onnx_accelerator tensorrt needs --backend onnxruntime on GPU "
+                     f"instances, not --backend {args.backend} on {kind}")
+    if args.gpus and kind == "cpu":
+        parser.error("--gpus places GPU instances, but these instances are cpu: pass "
+                     "--instance_kind gpu, or drop --gpus")
     return args
+
+
+def instance_kind(args):
+    return args.instance_kind or ("cpu" if args.backend == "python" else "gpu")
 
 
 # ----------------------------------------------------------------------------- writing
@@ -108,7 +124,7 @@ def _preferred_batch_sizes(args):
 
 
 def _instance_group(args):
-    kind = args.instance_kind or ("cpu" if args.backend == "python" else "gpu")
+    kind = instance_kind(args)
     lines = [f"    count: {args.instance_count}", f"    kind: KIND_{kind.upper()}"]
     if kind == "gpu" and args.gpus:
         lines.append(f"    gpus: [ {', '.join(map(str, args.gpus))} ]")
@@ -127,7 +143,7 @@ def config_text(args, signature):
                         f"  max_queue_delay_microseconds: {args.max_queue_delay_us}\n}}")
     sections.append(_instance_group(args))
     if args.intra_op_threads:
-        sections.append(_parameter("intra_op_thread_count", args.intra_op_threads))
+        sections.append(_parameter(INTRA_OP_THREADS_KEY[args.backend], args.intra_op_threads))
     if args.onnx_accelerator == "tensorrt":
         sections.append("optimization {\n  execution_accelerators {\n"
                         '    gpu_execution_accelerator: [ { name: "tensorrt" } ]\n  }\n}')

@@ -209,11 +209,13 @@ def main(args):
     wrapper = TritonSignature(model).eval()
     input_dtype = getattr(torch, args.input_dtype)
     # At least 2 along each axis: torch.export specialises an axis of size 1 to a constant.
-    example = random_inputs(model.config.vocab_size, max(args.batch_size, 2),
-                            max(args.max_seq_length, 2), input_dtype, args.seed, device)
+    batch, length = max(args.batch_size, 2), max(args.max_seq_length, 2)
+    example = random_inputs(model.config.vocab_size, batch, length, input_dtype, args.seed,
+                            device)
     # Another size, length and padding than the example: the dynamic axes are exercised.
-    fresh = random_inputs(model.config.vocab_size, args.batch_size + 1,
-                          max(args.max_seq_length - 5, 2), input_dtype, args.seed + 1, device)
+    other_length = max(length - 5, 2) if length > 2 else 3
+    fresh = random_inputs(model.config.vocab_size, batch + 1, other_length, input_dtype,
+                          args.seed + 1, device)
 
     output_dir = Path(args.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)

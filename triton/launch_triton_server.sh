@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Starts Triton on a model repository written by triton/deployer.py: the tritonserver
-# container when a Docker engine answers (GPU models: --backend onnxruntime or pytorch),
-# otherwise the CPU server bundled in nvidia-pytriton (triton/server.py, in the deployment
-# environment; models built with --backend python). Runs in the foreground; stop it with
+# container when a Docker engine answers (models built with --backend onnxruntime or
+# pytorch), otherwise, or when a model is built with --backend python (the container's
+# Python has no onnxruntime), the CPU server bundled in nvidia-pytriton (triton/server.py,
+# in the deployment environment). Runs in the foreground; stop it with
 # Ctrl-C, or SIGTERM to its process id when started in the background.
 #
 # Positional arguments, in order (default):
@@ -11,10 +12,11 @@
 #  3 grpc_port (8001)
 #  4 metrics_port (8002)        0: none (the bundled server only)
 # Environment: TRITON_IMAGE (nvcr.io/nvidia/tritonserver:24.10-py3, Triton 2.51 as the
-# bundled server), TRITON_GPUS (all; "none" runs the container without GPUs), TRITON_HOST
+# bundled server), TRITON_GPUS (all where nvidia-smi lists a GPU, else none: the container
+# then runs without GPUs and serves --instance_kind cpu models), TRITON_HOST
 # (127.0.0.1: the address served, or the container's ports are published on),
 # TRITON_VENV (triton/.venv), TRITON_SERVER (docker | bundled: which server, whatever the
-# machine has; default docker when an engine answers).
+# machine has; default docker when an engine answers and no model uses the python backend).
 set -euo pipefail
 repository_arg=${1:-}  # a relative path is the caller's, resolved before the cd below
 [ -z "$repository_arg" ] || repository_arg=$(realpath -m "$repository_arg")
@@ -30,14 +32,22 @@ http_port=${2:-8000}
 grpc_port=${3:-8001}
 metrics_port=${4:-8002}
 image=${TRITON_IMAGE:-nvcr.io/nvidia/tritonserver:24.10-py3}
-gpus=${TRITON_GPUS:-all}
+gpus=${TRITON_GPUS:-}
+if [ -z "$gpus" ]; then  # `docker run --gpus all` fails on a machine without one
+  gpus=none
+  command -v nvidia-smi >/dev/null && nvidia-smi -L >/dev/null 2>&1 && gpus=all
+fi
 host=${TRITON_HOST:-127.0.0.1}
 venv=${TRITON_VENV:-triton/.venv}
 
 server=${TRITON_SERVER:-}
 if [ -z "$server" ]; then
   server=bundled
-  command -v docker >/dev/null && docker info >/dev/null 2>&1 && server=docker
+  # The container's Python lacks onnxruntime, which --backend python models import.
+  if ! grep -qs 'backend: "python"' "$model_repository"/*/config.pbtxt &&
+     command -v docker >/dev/null && docker info >/dev/null 2>&1; then
+    server=docker
+  fi
 fi
 case "$server" in
   docker|bundled) ;;
