@@ -65,7 +65,7 @@ from utils import Progress, atomic_path, logger, setup_logging
 SPECIAL_TOKENS = ("[CLS]", "[SEP]", "[MASK]", "[UNK]")
 MIN_SEQ_LENGTH = 5  # [CLS] a [SEP] b [SEP]
 MAX_UNKNOWN_SHARE = 0.05  # more [UNK] in the text than this: wrong vocabulary or casing
-SNIFF_BYTES = 1 << 16  # read from every input up front, so a binary one fails before any work
+CHECK_BLOCK_BYTES = 1 << 24  # the up-front text check reads the inputs in blocks this large
 
 
 def parse_args(argv=None):
@@ -164,19 +164,23 @@ def expand_input_files(patterns):
 # ----------------------------------------------------------------------------- reading
 
 def check_text_files(files):
-    """Refuses, before any work, an input whose first bytes show it is not text."""
+    """Refuses, before any work, an input that is binary anywhere (a NUL byte, or a block
+    mostly undecodable): found half-way, it would leave this run's first shards beside an
+    earlier run's under the same names. A few bad bytes in real text are accepted (read as
+    U+FFFD, as in BERT). Reading everything once more costs about a second a GB."""
     for path in files:
         with open(path, "rb") as f:
-            decode_text(f.read(SNIFF_BYTES), path, 0)
+            offset = 0
+            while block := f.read(CHECK_BLOCK_BYTES):
+                reason = binary_content(block, offset)
+                if reason:
+                    raise ValueError(f"--input_file {path} is not text ({reason}): expected "
+                                     "UTF-8 text, one sentence per line, a blank line between "
+                                     "documents")
+                offset += len(block)
 
 
-def decode_text(data, path, offset):
-    """Bytes of `path` from `offset` -> str. A binary file (NUL bytes, mostly undecodable)
-    is a ValueError naming it; a few bad bytes in real text become U+FFFD, as in BERT."""
-    reason = binary_content(data, offset)
-    if reason:
-        raise ValueError(f"--input_file {path} is not text ({reason}): expected UTF-8 text, "
-                         f"one sentence per line, a blank line between documents")
+def decode_text(data):
     return data.decode("utf-8", errors="replace")
 
 
@@ -184,16 +188,16 @@ def read_shards(files, shard_bytes):
     """Streams (text, n_bytes) shards of whole documents, about shard_bytes each; a shard
     never spans two files, so documents keep their file's boundaries."""
     for path in files:
-        lines, size, offset = [], 0, 0
+        lines, size = [], 0
         with open(path, "rb") as f:
             for line in f:
                 lines.append(line)
                 size += len(line)
                 if size >= shard_bytes and not line.strip():
-                    yield decode_text(b"".join(lines), path, offset), size
-                    lines, offset, size = [], offset + size, 0
+                    yield decode_text(b"".join(lines)), size
+                    lines, size = [], 0
         if lines:
-            yield decode_text(b"".join(lines), path, offset), size
+            yield decode_text(b"".join(lines)), size
 
 
 class Document(NamedTuple):

@@ -179,7 +179,8 @@ def save_model(model, args):
         torch.save({"model": model.state_dict()}, temporary)
     model.config.to_json_file(output_dir / "config.json")
     if args.export_huggingface:
-        export_huggingface(model, args.vocab_file, output_dir / "huggingface")
+        export_huggingface(model, args.vocab_file, output_dir / "huggingface",
+                           do_lower_case(args))
     logger.info("saved the fine-tuned model to %s", output_dir)
 
 

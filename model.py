@@ -11,8 +11,9 @@ Deliberate deviations from NVIDIA's modeling.py:
   attention is matmul-softmax-matmul instead and dropout's mask is a keyed hash of each
   element's position, compiled and never stored (`attention`, `dropout`): 3x and 4-10x
   faster there. fp32 keeps torch's kernels.
-- `hidden_act="gelu"` is the exact erf GELU (as Google and Hugging Face); NVIDIA's newer code
-  silently used the tanh approximation. "gelu_new"/"gelu_pytorch_tanh" select that one.
+- `hidden_act="gelu"` is torch's exact erf GELU (as Google and Hugging Face; NVIDIA's
+  spells it with the constant 1.41421 for sqrt(2), about 4e-6 apart).
+  "gelu_new"/"gelu_pytorch_tanh" select the tanh approximation.
 - `BertForPreTraining` with labels decodes only masked positions (NVIDIA's
   "dense_seq_output", always on) and returns the losses; without labels it returns logits
   over every position. Logits never include the padded vocabulary rows.
@@ -49,7 +50,8 @@ import torch.nn.functional as F
 import torch.utils.checkpoint
 from torch import nn
 
-from utils import CompiledOrEager, atomic_write_text, load_tensors, logger
+from utils import (CompiledOrEager, atomic_write_text, current_umask, load_tensors,
+                   logger)
 
 
 @functools.cache
@@ -859,9 +861,8 @@ def read_state_dict(path):
 
 def normalize_key(key, model_has_bert_prefix):
     """Maps NVIDIA, DDP, torch.compile and TF-style names to ours (Hugging Face's)."""
-    for prefix in ("module.", "_orig_mod."):
-        while key.startswith(prefix):
-            key = key[len(prefix):]
+    while key.startswith(("module.", "_orig_mod.")):  # nested in any order
+        key = key.split(".", 1)[1]
     key = key.replace(".dense_act.", ".dense.")
     if key.endswith((".gamma", ".beta")):
         key = key.rsplit(".", 1)[0] + (".weight" if key.endswith(".gamma") else ".bias")
@@ -939,10 +940,11 @@ def load_checkpoint(model, path, strict=True):
     return missing, unexpected
 
 
-def export_huggingface(model, vocab_file, output_dir):
+def export_huggingface(model, vocab_file, output_dir, do_lower_case=True):
     """Writes a directory that `transformers` loads with from_pretrained: config.json,
-    model.safetensors (padding rows and tied aliases dropped) and vocab.txt. Atomic: the
-    directory appears complete or not at all."""
+    model.safetensors (padding rows and tied aliases dropped), vocab.txt and
+    tokenizer_config.json (the casing: AutoTokenizer lower-cases without it). Atomic: the
+    directory appears complete or not at all, readable as the umask allows."""
     from safetensors.torch import save_file
     config = model.config
     state_dict = {}
@@ -964,8 +966,13 @@ def export_huggingface(model, vocab_file, output_dir):
     output_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(dir=output_dir.parent, prefix=f".{output_dir.name}."))
     try:
+        os.chmod(staging, 0o777 & ~current_umask())  # mkdtemp makes it owner-only (0700)
         save_file(state_dict, str(staging / "model.safetensors"), metadata={"format": "pt"})
         (staging / "config.json").write_text(json.dumps(hf_config, indent=2) + "\n")
+        tokenizer_config = {"tokenizer_class": "BertTokenizer", "do_lower_case": do_lower_case,
+                            "model_max_length": config.max_position_embeddings}
+        (staging / "tokenizer_config.json").write_text(
+            json.dumps(tokenizer_config, indent=2) + "\n")
         shutil.copyfile(vocab_file, staging / "vocab.txt")
         if output_dir.exists():
             shutil.rmtree(output_dir)

@@ -2,6 +2,7 @@
 
 import collections
 import logging
+import os
 
 import pytest
 import torch
@@ -10,7 +11,7 @@ import transformers
 from conftest import random_batch, tiny_config
 from model import (BertConfig, BertForPreTraining, BertForQuestionAnswering,
                    BertForSequenceClassification, BertModel, export_huggingface,
-                   load_checkpoint)
+                   load_checkpoint, normalize_key)
 
 
 def write_vocab(path, size=99):
@@ -121,8 +122,8 @@ def test_missing_checkpoint_names_the_path(tmp_path):
 def test_export_loads_in_transformers_with_the_same_outputs(tmp_path, make_model, hf_class):
     ours = make_model(tiny_config(pad_vocab_to_multiple_of=8)).eval()
     folder = export_huggingface(ours, write_vocab(tmp_path / "vocab.txt"), tmp_path / "export")
-    assert sorted(p.name for p in folder.iterdir()) == ["config.json", "model.safetensors",
-                                                         "vocab.txt"]
+    assert sorted(p.name for p in folder.iterdir()) == [
+        "config.json", "model.safetensors", "tokenizer_config.json", "vocab.txt"]
     theirs = hf_class.from_pretrained(folder).eval()
     batch = random_batch(ours.config)
     reference = theirs(input_ids=batch[0], token_type_ids=batch[1], attention_mask=batch[2])
@@ -138,6 +139,26 @@ def test_export_loads_in_transformers_with_the_same_outputs(tmp_path, make_model
     assert load_checkpoint(reloaded, folder) == ([], [])
     for key, tensor in ours.state_dict().items():
         assert torch.equal(reloaded.state_dict()[key], tensor), key
+
+
+@pytest.mark.parametrize("do_lower_case", [True, False])
+def test_export_keeps_the_casing_and_is_readable_by_others(tmp_path, do_lower_case):
+    vocab = write_vocab(tmp_path / "vocab.txt")
+    old_umask = os.umask(0o022)
+    try:
+        folder = export_huggingface(BertModel(tiny_config()), vocab, tmp_path / "export",
+                                    do_lower_case)
+    finally:
+        os.umask(old_umask)
+    assert folder.stat().st_mode & 0o777 == 0o755
+    tokenizer = transformers.AutoTokenizer.from_pretrained(folder)
+    assert tokenizer.do_lower_case is do_lower_case
+
+
+def test_wrapper_prefixes_are_stripped_in_any_order():
+    for key in ("_orig_mod.module.bert.pooler.dense.weight",
+                "module._orig_mod.bert.pooler.dense.weight", "bert.pooler.dense.weight"):
+        assert normalize_key(key, True) == "bert.pooler.dense.weight"
 
 
 def test_export_replaces_an_old_directory_whole(tmp_path):

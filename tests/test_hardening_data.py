@@ -157,6 +157,7 @@ def test_binary_input_or_vocabulary_is_an_error_naming_the_file(corpus, tmp_path
     with pytest.raises(ValueError, match=rf"{re.escape(str(late))} is not text \(a NUL byte "
                                          rf"at byte {len(text.read_bytes()) + 4}\)"):
         cpd.main(cpd_args(late, vocab, output, "--shard_size_mb", 0.02))
+    assert not output.parent.exists()  # found before the first shard, not after it
 
     with pytest.raises(ValueError, match=rf"vocab file {re.escape(repr(str(executable)))} is "
                                          r"not a text file \(a NUL byte"):
