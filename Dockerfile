@@ -5,6 +5,7 @@
 # Commands run in /workspace/bert exactly as the README shows them (python run_*.py,
 # torchrun, scripts/*.sh). Serving with Triton uses its own container: see triton/README.md.
 # Triton 24.10 (2.51) matches the server bundled for CPU runs in triton/requirements.txt.
+# The image's Python is 3.10: the code keeps to its standard library.
 ARG FROM_IMAGE_NAME=nvcr.io/nvidia/pytorch:24.10-py3
 FROM ${FROM_IMAGE_NAME}
 

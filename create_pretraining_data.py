@@ -495,16 +495,34 @@ def summarize(totals, seconds, vocab_file):
                        f"{totals['text_tokens']:,}", vocab_file)
 
 
+def files_under_prefix(output_file):
+    """--output_file and the shards named after it (<stem>_<index>.<suffix>) that exist."""
+    output_file = Path(output_file)
+    if not output_file.parent.is_dir():
+        return []
+    shard_name = re.compile(rf"{re.escape(output_file.stem)}_\d{{5,}}"
+                            rf"{re.escape(output_file.suffix or '.hdf5')}")
+    return sorted(path for path in output_file.parent.iterdir()
+                  if (path.name == output_file.name or shard_name.fullmatch(path.name))
+                  and path.is_file())
+
+
+def remove_shards_written_since(output_file, started):
+    """After a failed run: deletes the shards it wrote (modified since `started`, a
+    time.time()), so that the folder is not left holding part of this run's set beside an
+    earlier run's. Returns their paths."""
+    written = [path for path in files_under_prefix(output_file)
+               if path.stat().st_mtime >= started]
+    for path in written:
+        path.unlink(missing_ok=True)
+    return written
+
+
 def warn_of_stale_shards(output_file, written):
     """Names files under the output prefix that this run did not write (an earlier run's
     shards): run_pretraining.py reads every HDF5 file of its --input_dir."""
-    output_file = Path(output_file)
-    shard_name = re.compile(rf"{re.escape(output_file.stem)}_\d{{5,}}"
-                            rf"{re.escape(output_file.suffix or '.hdf5')}")
     ours = {Path(path).name for path in written}
-    stale = sorted(path for path in output_file.parent.iterdir()
-                   if (path.name == output_file.name or shard_name.fullmatch(path.name))
-                   and path.name not in ours and path.is_file())
+    stale = [path for path in files_under_prefix(output_file) if path.name not in ours]
     if stale:
         logger.warning("--output_file %s: %d file(s) with its prefix were not written by this "
                        "run but by an earlier one (%s%s); run_pretraining.py would read them "
@@ -523,10 +541,20 @@ def main(args):
     shard_bytes = int(args.shard_size_mb * 1e6)
     total_bytes = sum(f.stat().st_size for f in files)
     single = len(files) == 1 and total_bytes <= shard_bytes
-    start = time.monotonic()
-    with Progress(total_bytes, "creating instances", unit="B",
-                  disable=args.disable_progress_bar) as progress:
-        totals = run_shards(read_shards(files, shard_bytes), options, args, single, progress)
+    # File times come from the kernel's coarse clock, up to a tick behind time.time().
+    start, started_at = time.monotonic(), time.time() - 0.05
+    try:
+        with Progress(total_bytes, "creating instances", unit="B",
+                      disable=args.disable_progress_bar) as progress:
+            totals = run_shards(read_shards(files, shard_bytes), options, args, single,
+                                progress)
+    except BaseException:
+        removed = remove_shards_written_since(args.output_file, started_at)
+        if removed:
+            logger.error("removed the %d shard(s) this run had written (%s%s): a part of the "
+                         "set would be read beside earlier files", len(removed), removed[0],
+                         " ..." if len(removed) > 1 else "")
+        raise
     summarize(totals, time.monotonic() - start, args.vocab_file)
     warn_of_stale_shards(args.output_file, totals["files"])
     return totals

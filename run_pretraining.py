@@ -23,7 +23,8 @@ Deliberate deviations from NVIDIA's run_pretraining.py:
 - In phase 2, a phase-1 checkpoint found by --resume_from_checkpoint (or --init_checkpoint)
   gives the weights only: optimizer and schedule start fresh and steps count from
   --phase1_end_step in file names; a phase-2 checkpoint is resumed fully (NVIDIA's
-  --resume_phase2 is implied).
+  --resume_phase2 is implied). A phase-1 checkpoint in --output_dir before or past
+  --phase1_end_step is refused (an unfinished phase 1; colliding numbers).
 - Steps skipped by the fp16 loss scaler (overflow) do not count, as NVIDIA's "dynamic step";
   --max_skipped_steps (100) of them in a row stop the run with an error (a loss that never
   becomes finite would otherwise halve the scale to zero, skipping forever).
@@ -242,7 +243,8 @@ def phase2_opening(args, path, state):
     """Phase 2's first start, when --output_dir's newest checkpoint (`path`) is phase 1's:
     from its weights, or from --init_checkpoint where one is given (as NVIDIA's script
     does). Phase 2 numbers its checkpoints from --phase1_end_step + 1, so a phase 1 that ran
-    past that step would have its checkpoints overwritten and outranked: refused."""
+    past that step would have its checkpoints overwritten and outranked: refused. So is a
+    phase 1 that has not reached it (NVIDIA's script takes any checkpoint)."""
     number = utils.checkpoint_number(path)
     if number > args.phase1_end_step:
         raise ValueError(f"{path} is phase 1's checkpoint of step {number}, past "
@@ -253,6 +255,11 @@ def phase2_opening(args, path, state):
         logger.info("phase 2 starts from --init_checkpoint %s, not from %s",
                     args.init_checkpoint, path)
         return None, "weights"
+    if number < args.phase1_end_step:  # e.g. a phase-1 job that stopped at --steps_this_run
+        raise ValueError(f"{path} is phase 1's newest checkpoint, of step {number}, before "
+                         f"--phase1_end_step {args.phase1_end_step}: phase 1 is unfinished; "
+                         f"resume it first, or pass --phase1_end_step {number} to start phase 2 "
+                         "from this checkpoint")
     logger.info("phase 2 starts from the weights of phase 1's %s", path)
     return state, "weights"
 

@@ -110,15 +110,20 @@ def cache_path(args):
     folder = Path(args.cache_dir) if args.cache_dir else train_file.parent
     lower = int(finetuning.do_lower_case(args))
     version = "v2" if args.version_2_with_negative else "v1"
-    vocab = hashlib.sha256(Path(args.vocab_file).read_bytes()).hexdigest()[:12]
+    vocab = file_digest(args.vocab_file)[:12]
     return folder / (f"{train_file.name}_{Path(args.bert_model).name}_{args.max_seq_length}_"
                      f"{args.doc_stride}_{args.max_query_length}_{lower}_{version}_{vocab}"
                      ".features.pt")
 
 
-def file_digest(path):
+def file_digest(path, block_bytes=1 << 20):
+    """sha256 of a file, read in blocks (hashlib.file_digest is Python 3.11's; NGC's 24.10
+    PyTorch image has 3.10)."""
+    digest = hashlib.sha256()
     with open(path, "rb") as file:
-        return hashlib.file_digest(file, "sha256").hexdigest()
+        while block := file.read(block_bytes):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def read_examples(path, is_training, args):

@@ -231,5 +231,8 @@ def main(args):
 if __name__ == "__main__":
     try:
         main(parse_args())
-    except (DownloadError, UnsafeArchiveError, FileNotFoundError, ValueError) as error:
-        sys.exit(f"bertPrep.py: {error}")
+    # A tool missing (wikiextractor, nltk's punkt) or a step that failed: its message, not a
+    # traceback.
+    except (DownloadError, UnsafeArchiveError, FileNotFoundError, ValueError, RuntimeError,
+            subprocess.CalledProcessError) as error:
+        sys.exit(f"bertPrep.py: error: {error}")

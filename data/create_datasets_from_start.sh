@@ -4,8 +4,8 @@
 # Arguments:
 #   1. flow: lddl (default) | hdf5
 #      lddl: Google's weights and vocabularies, SQuAD, MRPC, SST-2, then Wikipedia through
-#            LDDL's download_wikipedia; the Parquet shards are made later by LDDL's
-#            preprocess_bert_pretrain (scripts/run_pretraining.sh when they are missing).
+#            LDDL's download_wikipedia; the Parquet shards are then made with LDDL's own
+#            preprocess_bert_pretrain and balance_dask_output (its full install, below).
 #      hdf5: the same downloads (the Wikipedia dump directly when LDDL is absent), then
 #            text formatting, sharding, and HDF5 files for phase 1 (seq 128, 20 predictions)
 #            and phase 2 (seq 512, 80 predictions) with create_pretraining_data.py.
@@ -52,3 +52,4 @@ fi
   --max_seq_length 128 --max_predictions_per_seq 20
 "${PREP[@]}" --action create_hdf5_files --dataset wikicorpus_en \
   --max_seq_length 512 --max_predictions_per_seq 80
+echo "done: scripts/run_pretraining.sh reads these HDF5 folders by default (DATA_DIR_PHASE1/2)"

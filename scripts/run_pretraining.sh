@@ -32,7 +32,8 @@
 # 20 gradient_accumulation_steps_phase2 (512)
 # 21 init_checkpoint (None)             phase-1 starting weights (ours, NVIDIA's or Hugging Face)
 #
-# Environment: DATA_DIR_PHASE1, DATA_DIR_PHASE2 (HDF5 or LDDL Parquet shards), BERT_CONFIG
+# Environment: DATA_DIR_PHASE1, DATA_DIR_PHASE2 (HDF5 or LDDL Parquet shards; default the
+# folders `data/create_datasets_from_start.sh hdf5` writes under BERT_PREP_WORKING_DIR), BERT_CONFIG
 # (bert_configs/large.json), VOCAB_FILE (needed for LDDL shards), RESULTS_DIR (results),
 # CHECKPOINTS_DIR ($RESULTS_DIR/checkpoints), SEQ_LENGTH_PHASE1/2 (128/512),
 # MAX_PREDICTIONS_PHASE1/2 (20/80), EXTRA_ARGS (appended to both phases).
@@ -63,8 +64,11 @@ train_steps_phase2=${19:-1563}
 gradient_accumulation_steps_phase2=${20:-512}
 init_checkpoint=${21:-None}
 
-DATA_DIR_PHASE1=${DATA_DIR_PHASE1:-data/hdf5/phase1}
-DATA_DIR_PHASE2=${DATA_DIR_PHASE2:-data/hdf5/phase2}
+# Where `data/create_datasets_from_start.sh hdf5` (data/bertPrep.py) writes them.
+prep=${BERT_PREP_WORKING_DIR:-data}
+hdf5_folder() { echo "$prep/hdf5_lower_case_1_seq_len_$1_max_pred_$2_masked_lm_prob_0.15_random_seed_12345_dupe_factor_5/wikicorpus_en"; }
+DATA_DIR_PHASE1=${DATA_DIR_PHASE1:-$(hdf5_folder 128 20)}
+DATA_DIR_PHASE2=${DATA_DIR_PHASE2:-$(hdf5_folder 512 80)}
 BERT_CONFIG=${BERT_CONFIG:-bert_configs/large.json}
 RESULTS_DIR=${RESULTS_DIR:-results}
 CHECKPOINTS_DIR=${CHECKPOINTS_DIR:-$RESULTS_DIR/checkpoints}

@@ -391,13 +391,15 @@ def wrapper(script, *arguments, timeout=300, **variables):
 def test_pretraining_wrapper_defaults_on_a_cpu_name_what_to_set(tmp_path):
     result = wrapper("run_pretraining.sh", RESULTS_DIR=tmp_path / "results")
     assert result.returncode == 2
+    prep = "data/hdf5_lower_case_1_seq_len_{}_max_pred_{}_masked_lm_prob_0.15_random_seed_" \
+           "12345_dupe_factor_5/wikicorpus_en"  # data/bertPrep.py's folders
     assert result.stderr.splitlines() == [
-        "run_pretraining.sh: error: DATA_DIR_PHASE1=data/hdf5/phase1 holds no pre-training "
-        "shards: set DATA_DIR_PHASE1 to a folder of phase-1 .hdf5 (or LDDL .parquet) files "
-        "(create_pretraining_data.py, data/create_datasets_from_start.sh)",
-        "run_pretraining.sh: error: DATA_DIR_PHASE2=data/hdf5/phase2 holds no pre-training "
-        "shards: set DATA_DIR_PHASE2 to a folder of phase-2 .hdf5 (or LDDL .parquet) files "
-        "(create_pretraining_data.py, data/create_datasets_from_start.sh)",
+        f"run_pretraining.sh: error: DATA_DIR_PHASE1={prep.format(128, 20)} holds no "
+        "pre-training shards: set DATA_DIR_PHASE1 to a folder of phase-1 .hdf5 (or LDDL "
+        ".parquet) files (create_pretraining_data.py, data/create_datasets_from_start.sh)",
+        f"run_pretraining.sh: error: DATA_DIR_PHASE2={prep.format(512, 80)} holds no "
+        "pre-training shards: set DATA_DIR_PHASE2 to a folder of phase-2 .hdf5 (or LDDL "
+        ".parquet) files (create_pretraining_data.py, data/create_datasets_from_start.sh)",
         "run_pretraining.sh: error: num_gpus (argument 4) is 8, but this machine has 0 GPUs: "
         "pass 1 (one process per GPU; 1 on a machine without one)"]
     assert result.stdout == "" and not (tmp_path / "results").exists()

@@ -168,6 +168,30 @@ def test_binary_input_or_vocabulary_is_an_error_naming_the_file(corpus, tmp_path
         load_vocab(latin1_vocab)
 
 
+def test_a_run_that_fails_half_way_removes_the_shards_it_wrote(corpus, tmp_path,
+                                                               monkeypatch, caplog):
+    """A failure after some shards (a full disk, say) must not leave part of the new set
+    beside an earlier run's files; the earlier files stay."""
+    text, vocab = corpus
+    output = tmp_path / "out" / "train.hdf5"
+    output.parent.mkdir()
+    earlier = output.with_name("train_00009.hdf5")
+    earlier.write_bytes(b"an earlier run's shard")
+    time.sleep(0.1)
+    real_process_shard = cpd.process_shard
+
+    def disk_full_at_the_third_shard(text, index, *rest):
+        if index == 2:
+            raise OSError(28, "No space left on device")
+        return real_process_shard(text, index, *rest)
+
+    monkeypatch.setattr(cpd, "process_shard", disk_full_at_the_third_shard)
+    with pytest.raises(OSError, match="No space left on device"):
+        cpd.main(cpd_args(text, vocab, output, "--shard_size_mb", 0.01, "--num_workers", 1))
+    assert sorted(p.name for p in output.parent.iterdir()) == ["train_00009.hdf5"]
+    assert "removed the 2 shard(s) this run had written" in caplog.text
+
+
 def test_a_few_bad_bytes_in_real_text_are_still_accepted(corpus, tmp_path):
     text, vocab = corpus
     latin1 = tmp_path / "latin1.txt"

@@ -159,6 +159,17 @@ def test_phase2_refuses_a_phase1_that_ran_past_phase1_end_step(shards, tmp_path)
     assert sorted(p.name for p in tmp_path.glob("ckpt_*")) == ["ckpt_8.pt"]
 
 
+def test_phase2_refuses_an_unfinished_phase1(shards, tmp_path):
+    """A phase-1 job stopped by --steps_this_run exits 0: a phase 2 queued behind it must not
+    start from its checkpoint."""
+    run_pretraining.main(args_for(*shards, tmp_path, "--steps_this_run", 5))
+    with pytest.raises(ValueError, match="ckpt_5.pt is phase 1's newest checkpoint, of step 5, "
+                                         "before --phase1_end_step 8: phase 1 is unfinished"):
+        run_pretraining.main(args_for(*shards, tmp_path, "--phase2", "--resume_from_checkpoint",
+                                      "--phase1_end_step", 8, "--max_steps", 3))
+    assert sorted(p.name for p in tmp_path.glob("ckpt_*")) == ["ckpt_5.pt"]
+
+
 def test_phase2_takes_init_checkpoint_over_phase1s_newest(shards, tmp_path):
     """An explicit --init_checkpoint wins over the phase-1 checkpoint in --output_dir: phase
     2 then trains exactly as it does from that file in an empty directory."""

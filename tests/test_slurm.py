@@ -272,17 +272,7 @@ def test_interrupted_job_requeues_and_ends_as_if_uninterrupted(
     job_id = submit_pretraining(cluster, data, tmp_path, 1)
     wait_for_step(cluster, tmp_path, job_id, 3)
     interrupt(cluster, job_id, tmp_path)
-    cluster.wait(job_id, lambda job: job["Restarts"] == "1" and job["JobState"] == "PENDING",
-                 "requeued")
-    # Slurm holds a requeued job back for two minutes (Reason=BeginTime), time for its first
-    # run to be cleaned up; start it once the node is idle instead (a start while the node
-    # still completes the first run fails the job), after the urgent job where there is one.
-    # slurmd revoked the first run's credential when it ended, with a time stamp in whole
-    # seconds, and refuses a launch whose credential is from that same second ("Job credential
-    # revoked"): the early start waits two seconds more.
-    cluster.wait_until_idle(waiting=[job_id])
-    time.sleep(2)
-    cluster.run("scontrol", "update", f"JobId={job_id}", "StartTime=now")
+    start_requeued_job_now(cluster, job_id)  # after the urgent job where there is one
     assert_completed(cluster, job_id, tmp_path)
 
     log = job_log(tmp_path, job_id)
@@ -300,6 +290,34 @@ def test_interrupted_job_requeues_and_ends_as_if_uninterrupted(
     interrupted_final, resumed_final = final_losses(tmp_path)
     assert interrupted_final == dict(step_losses(reference, 1))[step]
     assert resumed_final == final_losses(reference)[0]
+
+
+def start_requeued_job_now(cluster, job_id):
+    """Slurm holds a requeued job back for two minutes (Reason=BeginTime), time for its first
+    run to be cleaned up; start it once the node is idle instead (a start while the node
+    still completes the first run fails the job). slurmd revoked the first run's credential
+    when it ended, with a time stamp in whole seconds, and refuses a launch whose credential
+    is from that same second ("Job credential revoked"): the early start waits two seconds
+    more."""
+    cluster.wait(job_id, lambda job: job["Restarts"] == "1" and job["JobState"] == "PENDING",
+                 "requeued")
+    cluster.wait_until_idle(waiting=[job_id])
+    time.sleep(2)
+    cluster.run("scontrol", "update", f"JobId={job_id}", "StartTime=now")
+
+
+def test_steps_this_run_requeues_the_job_until_the_phase_is_done(cluster, data, two_phases,
+                                                                tmp_path):
+    """STEPS_THIS_RUN=50 of 80 steps: the first run ends with status 0 and no last
+    checkpoint, so run.sub requeues (an `afterok` phase 2 must not start yet); the second
+    run ends the phase with the uninterrupted run's losses."""
+    job_id = submit_pretraining(cluster, data, tmp_path, 1, STEPS_THIS_RUN=50)
+    start_requeued_job_now(cluster, job_id)
+    assert_completed(cluster, job_id, tmp_path)
+    log = job_log(tmp_path, job_id)
+    assert f"ran STEPS_THIS_RUN=50 steps, before the last step ({PHASE1_STEPS}) of phase 1: " \
+           f"requeueing job {job_id}" in log, log
+    assert step_losses(tmp_path, 1) == step_losses(two_phases[0], 1)
 
 
 def test_cancelled_job_stays_cancelled_and_resumes_when_submitted_again(cluster, data,
