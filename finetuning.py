@@ -21,6 +21,11 @@ Deliberate deviations from NVIDIA's fine-tuning scripts:
 - DDP all-reduces once per optimizer step (no_sync on the other micro-batches), into
   gradients that are views of its buckets; the training loss is summed on the device and
   read only at log steps, so the host never waits for the GPU between them.
+- --max_steps sets the schedule's length too (warm-up and decay span max_steps), where
+  NVIDIA's run_squad stops its epoch-long schedule early.
+- fp16: a step the loss scaler skips (inf/NaN gradients) still advances the schedule, as
+  NVIDIA's amp fine-tuning does, and is logged (skipped_steps); a run in which every step
+  was skipped is an error. The loss scale starts at 2**16 (amp's), not pre-training's 2**20.
 """
 
 import argparse
@@ -28,6 +33,7 @@ import contextlib
 import json
 import math
 import time
+import warnings
 from pathlib import Path
 
 import torch
@@ -77,7 +83,9 @@ def add_finetuning_args(parser, learning_rate, epochs, batch_size):
     parser.add_argument("--export_huggingface", action="store_true",
                         help="also write a Hugging Face directory to <output_dir>/huggingface")
     utils.add_common_args(parser)
-    parser.set_defaults(log_freq=50)  # NVIDIA's run_squad.py default (pre-training logs every step)
+    # NVIDIA's run_squad.py logs every 50 steps (pre-training every step); its fine-tuning
+    # scales fp16 losses from apex amp's 2**16 (pre-training from 2**20).
+    parser.set_defaults(log_freq=50, init_loss_scale=2.0**16)
 
 
 def start_run(args):
@@ -206,7 +214,7 @@ def train(model, dataset, args, distributed, metrics):
 
     model.train()
     steps = StepAccounting(distributed.device)
-    step, started = 0, time.monotonic()
+    step, skipped, started = 0, 0, time.monotonic()
     progress = utils.Progress(total_steps, "fine-tuning", unit="step",
                               disable=args.disable_progress_bar or not distributed.is_main)
     epoch = 0
@@ -226,23 +234,39 @@ def train(model, dataset, args, distributed, metrics):
             if not last_micro_step:
                 continue
             learning_rate = scheduler.get_last_lr()[0]
-            utils.optimizer_step(optimizer, scheduler, scaler, model, MAX_GRAD_NORM)
+            if not utils.optimizer_step(optimizer, scheduler, scaler, model, MAX_GRAD_NORM):
+                advance_past_skipped_step(scheduler)
+                skipped += 1
             step += 1
             steps.taken()
             if step % args.log_freq == 0 or step == total_steps:
                 mean_loss = steps.mean_loss_since_log()
                 progress.update(1, loss=f"{mean_loss:.4f}")
-                metrics.log(("train", step), {"loss": mean_loss, "learning_rate": learning_rate})
+                metrics.log(("train", step), {"loss": mean_loss, "learning_rate": learning_rate,
+                                              "skipped_steps": skipped})
             else:
                 progress.update(1)
             if step >= total_steps:
                 break
         epoch += 1
     progress.close()
+    if skipped == step:
+        raise FloatingPointError(
+            f"all {step} optimizer steps were skipped: the fp16 gradients were never finite "
+            f"(loss scale now {scaler.get_scale():.3g}), so the model is unchanged. Lower "
+            "--learning_rate or --init_loss_scale, or train in bf16/fp32")
     seconds = time.monotonic() - started
     return {"e2e_train_time": seconds, "final_loss": steps.last_loss(),
             "training_sequences_per_second": steps.sequences * distributed.world_size / seconds,
-            "train_steps": step}
+            "train_steps": step, "skipped_steps": skipped}
+
+
+def advance_past_skipped_step(scheduler):
+    """The schedule follows the batches, as in NVIDIA's amp fine-tuning. torch warns of a
+    schedule step before any optimizer step, which a skipped first step is meant to be."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step")
+        scheduler.step()
 
 
 class StepAccounting:
@@ -351,7 +375,7 @@ def predict(model, dataset, batch_size, args, device, per_token=False):
                                              len(dataset) / seconds}
 
 
-NVIDIA_SUMMARY_NAMES = {"acc": "exact_match", "f1": "F1"}
+NVIDIA_SUMMARY_NAMES = {"acc": "exact_match", "exact": "exact_match", "f1": "F1"}
 
 
 def with_nvidia_summary_names(results):

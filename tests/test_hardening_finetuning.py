@@ -501,6 +501,48 @@ class RecordedMetrics:
         self.losses[step[1]] = values["loss"]
 
 
+def logged_train_records(output_dir):
+    lines = (output_dir / "dllogger.json").read_text().splitlines()
+    records = [json.loads(line.removeprefix("DLLL ")) for line in lines]
+    return [r["data"] for r in records if r["type"] == "LOG" and r["step"][:1] == ["train"]]
+
+
+def test_fp16_steps_the_scaler_skips_still_advance_the_schedule(model_files, tmp_path,
+                                                                 monkeypatch):
+    """A skipped step moves the learning rate on, as NVIDIA's amp fine-tuning does; a run
+    whose steps were all skipped is an error, not a model saved unchanged."""
+    config, vocab, _ = model_files
+    real_step = utils.optimizer_step
+    calls = []
+
+    def skip_the_first_two(optimizer, scheduler, scaler, *rest):
+        calls.append(None)
+        if len(calls) <= 2:
+            optimizer.zero_grad()
+            return False
+        return real_step(optimizer, scheduler, scaler, *rest)
+
+    monkeypatch.setattr(utils, "optimizer_step", skip_the_first_two)
+    results = run_glue.main(glue_args(config, vocab, tmp_path / "some", "--do_train",
+                                      "--max_steps", 4, "--log_freq", 1,
+                                      "--warmup_proportion", 0.0))
+    rates = [record["learning_rate"] for record in logged_train_records(tmp_path / "some")]
+    assert rates == pytest.approx([5e-5 * (1 - k / 4) for k in range(1, 5)])  # not 2 at 1
+    assert results["skipped_steps"] == 2 and results["train_steps"] == 4
+
+    calls.clear()
+    monkeypatch.setattr(utils, "optimizer_step", lambda optimizer, *_: optimizer.zero_grad())
+    with pytest.raises(FloatingPointError, match="all 3 optimizer steps were skipped"):
+        run_glue.main(glue_args(config, vocab, tmp_path / "none", "--do_train",
+                                "--max_steps", 3))
+
+
+def test_fine_tuning_starts_the_fp16_loss_scale_at_amps_2_16(model_files, tmp_path):
+    config, vocab, _ = model_files
+    assert glue_args(config, vocab, tmp_path).init_loss_scale == 2.0**16
+    assert squad_args(config, vocab, tmp_path).init_loss_scale == 2.0**16
+
+
 def test_the_logged_loss_is_the_mean_of_the_steps_since_the_last_line():
     """Not a mean since step 0, which barely moves late in a run; final_loss is the last
     step's, as NVIDIA's."""
