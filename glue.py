@@ -142,8 +142,8 @@ class GlueProcessor:
 
 def _read_tsv(path, skip_header):
     """Yields (1-based line number, fields) for each non-blank data row of `path`."""
-    reader = csv.reader(io.StringIO(utils.read_utf8_text(path, "GLUE file"), newline=""), delimiter="\t",
-                        quoting=csv.QUOTE_NONE)
+    text = utils.read_utf8_text(path, "GLUE file")
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter="\t", quoting=csv.QUOTE_NONE)
     for index, row in enumerate(reader):
         if (index == 0 and skip_header) or not row:
             continue
