@@ -147,3 +147,16 @@ def test_a_learnt_vocabulary_comes_from_the_training_documents_only(tmp_path):
     assert config["vocab_size"] == len(vocab)
     with pytest.raises(SystemExit):
         tta.parse_args(["--vocab_file", "v.txt", "--vocab_size", "30"])
+
+
+def test_model_size_flags_shape_the_written_config(tmp_path):
+    """--hidden_size keeps heads of 64 and a feed-forward 4x as wide; unset, the recipe's."""
+    vocab = write_vocab(tmp_path / "vocab.txt", sample_documents(2))
+    args = tta.parse_args(["--vocab_file", str(vocab), "--hidden_size", "512",
+                           "--num_hidden_layers", "2"])
+    config = BertConfig.from_json_file(tta.write_config(args, tmp_path, 0.1))
+    assert (config.hidden_size, config.num_attention_heads, config.intermediate_size,
+            config.num_hidden_layers) == (512, 8, 2048, 2)
+    assert config.hidden_dropout_prob == config.attention_probs_dropout_prob == 0.1
+    default = tta.model_shape(tta.parse_args([]))
+    assert default == tta.MODEL and default is not tta.MODEL
