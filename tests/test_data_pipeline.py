@@ -8,7 +8,6 @@ import http.server
 import io
 import os
 import socket
-import subprocess
 import tarfile
 import threading
 import time
@@ -18,7 +17,7 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from conftest import REPO, SAMPLE, write_vocab
+from conftest import SAMPLE, write_vocab
 from data import bertPrep, downloader, sharding, text_formatting
 from data.fetch import DownloadError, UnsafeArchiveError, extract_archive, fetch
 from pretraining_data import ShardLimits, read_shard
@@ -375,7 +374,3 @@ def test_create_hdf5_files_names_the_missing_vocabulary(tmp_path):
                                 "--working_dir", str(tmp_path)])
     with pytest.raises(FileNotFoundError, match="uncased_L-24_H-1024_A-16/vocab.txt"):
         bertPrep.main(args)
-
-
-def test_squad_script_parses():  # test_infrastructure checks data/*.sh
-    subprocess.run(["bash", "-n", str(REPO / "data" / "squad" / "squad_download.sh")], check=True)

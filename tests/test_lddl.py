@@ -229,6 +229,15 @@ def test_checkpoint_records_the_lddl_epoch(corpus, unbinned, tmp_path):
     assert state["data_position"]["epoch"] == 1
 
 
-def test_lddl_batches_without_worker_processes(corpus, unbinned, tmp_path):
-    _, vocab, _, _ = corpus
-    first_batches(unbinned, vocab, 1, tmp_path, num_workers=0)
+def test_lddl_batches_with_num_workers_0(corpus, unbinned, tmp_path):
+    """--num_workers 0 (run_pretraining.py's default on the CPU) takes one worker, which LDDL
+    needs: the same correct batches as asking for one."""
+    _, vocab, _, samples = corpus
+    vocab_ids = dict(load_vocab(vocab))
+    inline = first_batches(unbinned, vocab, 2, tmp_path / "inline", num_workers=0)
+    worker = first_batches(unbinned, vocab, 2, tmp_path / "worker", num_workers=1)
+    for batch, reference in zip(inline, worker):
+        check_batch(batch, index_by_input(samples), vocab_ids)
+        assert batch.keys() == reference.keys()
+        for name, tensor in batch.items():
+            assert torch.equal(tensor, reference[name]), name

@@ -14,6 +14,7 @@ import torch
 import run_pretraining
 import utils
 from conftest import REPO, write_pretraining_inputs
+from model import BertForPreTraining
 from pretraining_data import PretrainingBatches, find_input_files, read_shard, to_batch
 
 SEQ, PREDICTIONS = 48, 8
@@ -246,10 +247,44 @@ def test_gradient_accumulation_equals_the_full_batch(shards, tmp_path):
                                    tensor, atol=1e-5, rtol=1e-4)
 
 
-@pytest.mark.parametrize("precision", ["--bf16", "--fp16"])
-def test_mixed_precision_runs_on_cpu(shards, tmp_path, precision):
-    result = run_pretraining.main(args_for(*shards, tmp_path, precision, "--max_steps", 2))
-    assert result["step"] == 2 and np.isfinite(result["final_loss"])
+@pytest.mark.parametrize("precision, dtype", [("--bf16", torch.bfloat16),
+                                              ("--fp16", torch.float16)])
+def test_mixed_precision_runs_the_model_under_autocast(shards, tmp_path, monkeypatch,
+                                                       precision, dtype):
+    """The flag reaches the forward pass (autocast on, in its dtype), and the losses are the
+    fp32 run's to low-precision rounding, not equal to them (fp16's scale is low enough that
+    no step is skipped, so both runs see the same batches)."""
+    seen, forward = [], BertForPreTraining.forward
+
+    def recording_forward(self, *args, **kwargs):
+        seen.append((torch.is_autocast_enabled("cpu"), torch.get_autocast_dtype("cpu")))
+        return forward(self, *args, **kwargs)
+
+    monkeypatch.setattr(BertForPreTraining, "forward", recording_forward)
+    run_pretraining.main(args_for(*shards, tmp_path / "fp32", "--max_steps", 2))
+    assert [enabled for enabled, _ in seen] == [False, False]
+    seen.clear()
+    result = run_pretraining.main(args_for(*shards, tmp_path / "mixed", precision,
+                                           "--max_steps", 2, "--init_loss_scale", 1024))
+    assert result["step"] == 2 and seen == [(True, dtype)] * 2
+    low, full = logged_losses(tmp_path / "mixed"), logged_losses(tmp_path / "fp32")
+    assert low != full
+    np.testing.assert_allclose([l for _, l in low], [l for _, l in full], rtol=0.02)
+
+
+def test_fp16_resume_is_exact_with_its_loss_scale(shards, tmp_path):
+    """A scale of 2**40 overflows the first steps: the scaler's halved scale and its growth
+    tracker must come back with the checkpoint for the resumed run to match."""
+    fp16 = ("--fp16", "--init_loss_scale", 2**40)
+    run_pretraining.main(args_for(*shards, tmp_path / "whole", *fp16))
+    run_pretraining.main(args_for(*shards, tmp_path / "split", *fp16, "--steps_this_run", 4))
+    run_pretraining.main(args_for(*shards, tmp_path / "split", *fp16, "--resume_from_checkpoint"))
+    assert logged_losses(tmp_path / "split") == logged_losses(tmp_path / "whole")
+    expected, resumed = final_weights(tmp_path / "whole"), final_weights(tmp_path / "split")
+    assert resumed["grad_scaler"] == expected["grad_scaler"]
+    assert expected["grad_scaler"]["scale"] < 2**40  # steps were skipped
+    for key, tensor in expected["model"].items():
+        assert torch.equal(resumed["model"][key], tensor), key
 
 
 def test_fp16_overflow_skips_the_step(shards, tmp_path):
