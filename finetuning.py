@@ -46,7 +46,7 @@ from torch.utils.data import (
 )
 
 import utils
-from model import BertConfig, export_huggingface, load_checkpoint
+from model import BertConfig, export_huggingface, load_checkpoint, unpadding_indices
 from optimization import linear_warmup_schedule, make_adamw, param_groups
 from tokenization import FullTokenizer, load_vocab, lower_case_for_model
 from utils import logger
@@ -390,13 +390,22 @@ def trimmed_batch(names, tensors, device):
     beyond it changes no output, and short inputs (SST-2) then cost a fraction of
     max_seq_length. The length is read from the mask while it is still on the host, and
     the whole (pinned, contiguous) tensors are copied before cutting, so that the copy
-    runs asynchronously: a cut, strided view would be staged through pageable memory."""
+    runs asynchronously: a cut, strided view would be staged through pageable memory. The
+    model's token layout (unpadding_indices) is read from the host mask too: from the
+    device's it would be a host sync every micro-batch."""
     batch = {name: t.to(device, non_blocking=True) for name, t in zip(names, tensors)}
     if "attention_mask" not in names:
         return batch
-    longest = int(tensors[names.index("attention_mask")].sum(dim=1).max())
-    return {name: t[:, :longest] if t.dim() == 2 and name != "labels" else t
-            for name, t in batch.items()}
+    mask = tensors[names.index("attention_mask")]
+    longest = int(mask.sum(dim=1).max())
+    token_index, padded = unpadding_indices(mask[:, :longest])
+    batch = {name: t[:, :longest] if t.dim() == 2 and name != "labels" else t
+             for name, t in batch.items()}
+    if token_index is not None:
+        if device.type == "cuda":  # a non-blocking copy needs pinned memory
+            token_index = token_index.pin_memory()
+        batch["token_index"] = token_index.to(device, non_blocking=True)
+    return dict(batch, padded=padded)
 
 
 def restore_width(output, width):

@@ -774,11 +774,13 @@ class BertForQuestionAnswering(BertPreTrainedModel):
         self.init_weights(self.qa_outputs)
 
     def forward(self, input_ids, token_type_ids=None, attention_mask=None,
-                start_positions=None, end_positions=None):
+                start_positions=None, end_positions=None, token_index=None, padded=None):
         """-> (start_logits, end_logits), or (loss, start_logits, end_logits) with positions.
         Positions outside the sequence (answer not in this window) are ignored, as BERT does;
-        padding positions get a logit of -10000, so they take no part in the loss."""
-        sequence_output, _ = self.bert(input_ids, token_type_ids, attention_mask)
+        padding positions get a logit of -10000, so they take no part in the loss.
+        token_index, padded: see BertModel."""
+        sequence_output, _ = self.bert(input_ids, token_type_ids, attention_mask, token_index,
+                                       padded)
         logits = self.qa_outputs(sequence_output)
         if attention_mask is not None:  # an answer never starts or ends in the padding
             logits = logits.masked_fill(attention_mask[..., None] == 0, -10000.0)
@@ -805,10 +807,13 @@ class BertForSequenceClassification(BertPreTrainedModel):
         self.classifier = nn.Linear(config.hidden_size, num_labels)
         self.init_weights(self.classifier)
 
-    def forward(self, input_ids, token_type_ids=None, attention_mask=None, labels=None):
+    def forward(self, input_ids, token_type_ids=None, attention_mask=None, labels=None,
+                token_index=None, padded=None):
         """-> logits (B, num_labels), or (loss, logits) with labels; num_labels == 1 is
-        regression (STS-B) with a mean-squared-error loss."""
-        _, pooled_output = self.bert(input_ids, token_type_ids, attention_mask)
+        regression (STS-B) with a mean-squared-error loss. token_index, padded: see
+        BertModel."""
+        _, pooled_output = self.bert(input_ids, token_type_ids, attention_mask, token_index,
+                                     padded)
         logits = self.classifier(self.dropout(pooled_output))
         if labels is None:
             return logits

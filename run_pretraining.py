@@ -298,7 +298,8 @@ def wrap_ddp(model, args, distributed):
     if not distributed.enabled:
         return model
     ddp = DistributedDataParallel(model, device_ids=[distributed.device] if
-                                  distributed.device.type == "cuda" else None)
+                                  distributed.device.type == "cuda" else None,
+                                  gradient_as_bucket_view=True)  # no copy in and out
     if args.allreduce_post_accumulation_fp16:
         ddp.register_comm_hook(None, fp16_mean_allreduce_hook)
     return ddp
@@ -456,6 +457,7 @@ def train(args, trainer, batches, start_step, metrics, distributed):
             logger.warning("received %s: saved step %d, exiting", preemption.received, step)
             break
     progress.close()
+    preemption.close()
     final_loss = final_losses[0].item() if final_losses is not None else float("nan")
     return step, final_loss, time.monotonic() - started
 
@@ -522,6 +524,9 @@ def main(args):
     metrics.parameters(vars(args))
 
     state, how = find_start(args)
+    utils.check_same_on_all_ranks((how, state and state["step"], state and state.get("phase2")),
+                                  distributed, "where to start (how, step, phase 2): a "
+                                  "checkpoint that some ranks cannot read?")
     if how == "finished":
         metrics.close()
         utils.end_distributed(distributed)
@@ -534,7 +539,7 @@ def main(args):
                                     args.init_loss_scale)
     start_step, position = restore(state, how, args, model, optimizer, scheduler, scaler)
     if how == "resume":
-        utils.set_rng_state(state["rng"][distributed.rank % len(state["rng"])])
+        utils.restore_rng_states(state["rng"], distributed, args.seed, start_step)
     logger.info("start: %s at step %d, %s, %d process(es), micro-batch %d x %d accumulation",
                 how, start_step, utils.precision_of(args), distributed.world_size, micro_batch,
                 args.gradient_accumulation_steps)

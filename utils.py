@@ -692,30 +692,58 @@ def remove_partial_checkpoints(output_dir):
     return leftovers
 
 
-def rng_state():
-    """The CPU generator's state and that of this rank's GPU only: a resume may see the
-    GPUs differently (torchrun shows each rank all of a node's, Slurm sites one)."""
+def rng_state(device):
+    """The CPU generator's state and, when this rank runs on a GPU, that GPU's only: a
+    resume may see the GPUs differently (torchrun shows each rank all of a node's, Slurm
+    sites one). A CPU rank (--no_cuda on a GPU node) never touches CUDA: reading a GPU's
+    state would start a CUDA context on it."""
     state = {"torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state()  # the current device, set to this rank's
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
     return state
 
 
-def set_rng_state(state):
+def set_rng_state(state, device):
     torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state(state["cuda"])
+    if "cuda" in state and device.type == "cuda":
+        torch.cuda.set_rng_state(state["cuda"], device)
 
 
 def gather_rng_states(distributed):
     """Every rank's RNG state, on every rank (dropout differs per rank, so resume restores
     each rank's own)."""
-    state = rng_state()
+    state = rng_state(distributed.device)
     if not distributed.enabled:
         return [state]
     states = [None] * distributed.world_size
     dist.all_gather_object(states, state)
     return states
+
+
+def restore_rng_states(states, distributed, seed, step):
+    """This rank's generators from a checkpoint's `states` (one per rank). Saved by another
+    number of ranks, they cannot be shared out (two ranks would draw the same dropout
+    masks): each rank then seeds afresh from (seed + step, rank), and the run is not the
+    bit-exact continuation of the one that saved them."""
+    if len(states) == distributed.world_size:
+        set_rng_state(states[distributed.rank], distributed.device)
+        return
+    logger.warning("the checkpoint holds the random state of %d rank(s), this run has %d: "
+                   "the generators are seeded afresh", len(states), distributed.world_size)
+    seed_everything(seed + step, distributed.rank)
+
+
+def check_same_on_all_ranks(value, distributed, what):
+    """Raises on every rank when the ranks' `value`s differ: each rank decides from its own
+    view of shared files (one that cannot read the newest checkpoint takes an older one),
+    and ranks that disagree would hang in their collectives or save a mix."""
+    if not distributed.enabled:
+        return
+    values = [None] * distributed.world_size
+    dist.all_gather_object(values, value)
+    if any(other != values[0] for other in values):
+        raise RuntimeError(f"the ranks disagree on {what}: " + ", ".join(
+            f"rank {rank}: {other}" for rank, other in enumerate(values)))
 
 
 # ----------------------------------------------------------------------------- pre-emption
@@ -726,8 +754,13 @@ class PreemptionFlag:
 
     def __init__(self, signals=(signal.SIGTERM, signal.SIGUSR1)):
         self.received = None
-        for signum in signals:
-            signal.signal(signum, self._handle)
+        self.previous = {signum: signal.signal(signum, self._handle) for signum in signals}
+
+    def close(self):
+        """Gives the signals back to the handlers they had (a caller that trains in-process,
+        such as a benchmark, keeps its own)."""
+        for signum, handler in self.previous.items():
+            signal.signal(signum, handler)
 
     def _handle(self, signum, frame):
         self.received = signal.Signals(signum).name

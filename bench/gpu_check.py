@@ -496,11 +496,13 @@ def ddp_resume(check):
 
 
 def run_process_group(command, timeout):
-    """(exit status, output) of a command run in a session of its own, all of whose processes
-    (torchrun's ranks too) are killed when it outlives `timeout` or this section is
-    interrupted."""
+    """(exit status, output) of a command run in a process group of its own, all of whose
+    processes (torchrun's ranks too) are killed when it outlives `timeout` or this section
+    is interrupted. The group stays in this session: the device tool ends a command's
+    session when it returns, so ranks cannot outlive a killed gpu_check (a session of
+    their own would run on and share the GPU with a rerun)."""
     process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE,
-                               stderr=subprocess.STDOUT, text=True, start_new_session=True)
+                               stderr=subprocess.STDOUT, text=True, process_group=0)
     try:
         output = process.communicate(timeout=timeout)[0]
     except BaseException:

@@ -447,6 +447,26 @@ def classifier_and_data(sequences=64, seed=0):
     return BertForSequenceClassification(config, 2), dataset
 
 
+def test_the_token_layout_is_read_from_the_host_mask():
+    """trimmed_batch hands the model its layout (on a GPU the model would read it back from
+    the device every micro-batch); the outputs are those of the model finding it itself."""
+    model, dataset = classifier_and_data()
+    model.eval()
+    tensors = dataset.tensors
+    mask = tensors[dataset.names.index("attention_mask")][:8].clone()
+    mask[:, 2:] = 0  # a batch mostly padding: the model packs the real tokens
+    mask[0] = 1
+    tensors = [t[:8] for t in tensors]
+    tensors[dataset.names.index("attention_mask")] = mask
+    batch = finetuning.trimmed_batch(dataset.names, tensors, torch.device("cpu"))
+    assert batch["padded"] is True or batch["padded"] is False
+    assert batch["token_index"].device.type == "cpu" and len(batch["token_index"]) == mask.sum()
+    with torch.no_grad():
+        given = model(**batch)
+        found = model(**{k: v for k, v in batch.items() if k not in ("token_index", "padded")})
+    assert torch.equal(given[1], found[1])
+
+
 SYNCHRONISING = ("item", "tolist", "cpu", "numpy", "__float__", "__bool__")
 
 

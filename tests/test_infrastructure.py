@@ -3,12 +3,14 @@
 import os
 import re
 import shutil
+import signal
 import stat
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 import utils
@@ -174,3 +176,43 @@ def test_emulated_mixed_precision_is_warned_about(tmp_path, monkeypatch, caplog)
     [record] = caplog.records
     assert "--bf16 on a CPU without bf16 matrix instructions" in record.getMessage()
     assert "leave out --bf16" in record.getMessage()
+
+
+def test_rng_states_come_back_per_rank_or_are_seeded_afresh(caplog):
+    """Saved by as many ranks, each rank takes its own state; by another number, sharing
+    them out would give two ranks one dropout stream: each seeds afresh instead."""
+    cpu = torch.device("cpu")
+    states = []
+    for seed in (1, 2):
+        torch.manual_seed(seed)
+        states.append(utils.rng_state(cpu))
+    utils.restore_rng_states(states, utils.Distributed(1, 1, 2, cpu), seed=7, step=10)
+    after_own = torch.rand(3)
+    torch.set_rng_state(states[1]["torch"])
+    assert torch.equal(after_own, torch.rand(3))
+
+    draws = []
+    for rank in range(4):
+        utils.restore_rng_states(states, utils.Distributed(rank, rank, 4, cpu), seed=7, step=10)
+        draws.append(torch.rand(3))
+    assert all(not torch.equal(draws[0], other) for other in draws[1:])
+    assert "the checkpoint holds the random state of 2 rank(s), this run has 4" in caplog.text
+
+
+def test_ranks_that_disagree_stop_with_each_ranks_view(monkeypatch):
+    def gathered(values, value):
+        values[:] = [value, ("resume", 4, False)]
+    monkeypatch.setattr(utils.dist, "all_gather_object", gathered)
+    two_ranks = utils.Distributed(0, 0, 2, torch.device("cpu"), in_group=True)
+    utils.check_same_on_all_ranks(("resume", 4, False), two_ranks, "where to start")
+    with pytest.raises(RuntimeError, match=r"the ranks disagree on where to start: rank 0: "
+                                           r"\('resume', 8, False\), rank 1: \('resume', 4"):
+        utils.check_same_on_all_ranks(("resume", 8, False), two_ranks, "where to start")
+
+
+def test_the_preemption_flag_gives_the_signals_back():
+    before = signal.getsignal(signal.SIGUSR1)
+    flag = utils.PreemptionFlag()
+    assert signal.getsignal(signal.SIGUSR1) == flag._handle
+    flag.close()
+    assert signal.getsignal(signal.SIGUSR1) == before
