@@ -11,11 +11,12 @@ Rows (config, batch 8 x 128 unless said):
 - small (all-MiniLM-L6-v2's 6-layer/384 shape) and base (BERT-base): ours and transformers
   with torch.optim.AdamW(fused=True), and "ours, LAMB": our model with run_pretraining's
   LAMB, whose optimizer step is also timed alone ("LAMB share" of the step).
-- recipe: the real pre-training recipe of bench/pretrain_corpus.py and
-  bench/time_to_accuracy.py: 4-layer/256 (4 heads, intermediate 1024, dropout 0.1), batch
-  64 x 128 with LAMB, ours through run_pretraining.py's own Trainer.step; transformers with
-  the same LAMB in a plain loop; "ours, no dropout" is ours with run_pretraining.py
-  --no_dropout (an ablation, not the recipe). Its batch is shaped like create_pretraining_data's output
+- recipe: the real pre-training recipe of bench/time_to_accuracy.py (and of the retired
+  bench/pretrain_corpus.py, whose baseline issue 12 quotes): 4-layer/256 (4 heads,
+  intermediate 1024, dropout 0.1), batch 64 x 128 with LAMB, ours through
+  run_pretraining.py's own Trainer.step; transformers with the same LAMB in a plain loop;
+  "ours, no dropout" is ours with run_pretraining.py --no_dropout (an ablation, not the
+  recipe). Its batch is shaped like create_pretraining_data's output
   (rows full but for 10% of short ones, at most 20 masked tokens a row); the others' rows
   have lengths drawn from [seq/2, seq].
 
