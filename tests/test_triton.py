@@ -401,3 +401,13 @@ def test_perf_client_counts_failures_without_keeping_them_or_spinning():
     most = 2 * (0.3 / perf_client.FAILURE_BACKOFF_S + 1)  # one try per back-off, per thread
     assert 2 <= result["errors"] <= most and result["requests"] == 0
     assert result["first_error"] == "ConnectionRefusedError: server gone"
+
+
+def test_perf_table_gives_p99_only_where_enough_requests_were_timed():
+    perf_client = import_script(TRITON / "perf_client.py")
+    row = {"concurrency": 1, "requests_per_s": 2.0, "p50_ms": 5.0, "p90_ms": 6.0,
+           "p99_ms": 7.0, "errors": 0}
+    table = perf_client.markdown_table([{**row, "requests": 20}, {**row, "requests": 100}], 8)
+    few, enough = table.splitlines()[2:]
+    assert few == "| 1 | 20 | 2.0 | 16.0 | 5.00 | 6.00 | n/a (< 100) | 0 |"
+    assert enough == "| 1 | 100 | 2.0 | 16.0 | 5.00 | 6.00 | 7.00 | 0 |"
