@@ -169,15 +169,38 @@ def check_text_files(files):
     earlier run's under the same names. A few bad bytes in real text are accepted (read as
     U+FFFD, as in BERT). Reading everything once more costs about a second a GB."""
     for path in files:
-        with open(path, "rb") as f:
-            offset = 0
-            while block := f.read(CHECK_BLOCK_BYTES):
-                reason = binary_content(block, offset)
-                if reason:
-                    raise ValueError(f"--input_file {path} is not text ({reason}): expected "
-                                     "UTF-8 text, one sentence per line, a blank line between "
-                                     "documents")
-                offset += len(block)
+        for offset, block in _whole_character_blocks(path):
+            reason = binary_content(block, offset)
+            if reason:
+                raise ValueError(f"--input_file {path} is not text ({reason}): expected UTF-8 "
+                                 "text, one sentence per line, a blank line between documents")
+
+
+def _whole_character_blocks(path):
+    """(offset, bytes) blocks of about CHECK_BLOCK_BYTES, none ending inside a UTF-8
+    character (cut at a block's edge, it would count as bad bytes)."""
+    offset, carry = 0, b""
+    with open(path, "rb") as f:
+        while block := f.read(CHECK_BLOCK_BYTES):
+            block = carry + block
+            cut = _end_of_last_whole_character(block)
+            block, carry = block[:cut], block[cut:]
+            yield offset, block
+            offset += len(block)
+    if carry:
+        yield offset, carry
+
+
+def _end_of_last_whole_character(data):
+    """len(data), or the start of a multi-byte UTF-8 sequence cut short at its end."""
+    for back in range(1, min(4, len(data)) + 1):
+        byte = data[-back]
+        if byte < 0x80:  # ASCII: nothing is cut
+            return len(data)
+        if byte >= 0xC0:  # the lead byte of a sequence of 2, 3 or 4 bytes
+            length = 2 if byte < 0xE0 else 3 if byte < 0xF0 else 4
+            return len(data) - back if back < length else len(data)
+    return len(data)
 
 
 def decode_text(data):
@@ -554,6 +577,7 @@ def main(args):
             logger.error("removed the %d shard(s) this run had written (%s%s): a part of the "
                          "set would be read beside earlier files", len(removed), removed[0],
                          " ..." if len(removed) > 1 else "")
+            warn_of_stale_shards(args.output_file, [])  # what an earlier run left, if anything
         raise
     summarize(totals, time.monotonic() - start, args.vocab_file)
     warn_of_stale_shards(args.output_file, totals["files"])

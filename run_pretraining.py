@@ -23,8 +23,9 @@ Deliberate deviations from NVIDIA's run_pretraining.py:
 - In phase 2, a phase-1 checkpoint found by --resume_from_checkpoint (or --init_checkpoint)
   gives the weights only: optimizer and schedule start fresh and steps count from
   --phase1_end_step in file names; a phase-2 checkpoint is resumed fully (NVIDIA's
-  --resume_phase2 is implied). A phase-1 checkpoint in --output_dir before or past
-  --phase1_end_step is refused (an unfinished phase 1; colliding numbers).
+  --resume_phase2 is implied). A phase-1 checkpoint in --output_dir past
+  --phase1_end_step is refused (colliding numbers), and so, without --init_checkpoint, is
+  one before it (an unfinished phase 1).
 - Steps skipped by the fp16 loss scaler (overflow) do not count, as NVIDIA's "dynamic step";
   --max_skipped_steps (100) of them in a row stop the run with an error (a loss that never
   becomes finite would otherwise halve the scale to zero, skipping forever).
@@ -419,13 +420,13 @@ def last_step_of_run(args, start_step):
                                                          start_step + args.steps_this_run)
 
 
-def train(args, trainer, batches, start_step, metrics, distributed):
-    """The loop: steps until max_steps, steps_this_run or pre-emption; checkpoints. Steps
-    the fp16 loss scaler skips (inf/NaN gradients) do not count; --max_skipped_steps of them
-    in a row stop the run with an error. Returns (step, final loss, seconds)."""
+def train(args, trainer, batches, start_step, metrics, distributed, preemption):
+    """The loop: steps until max_steps, steps_this_run or pre-emption (a PreemptionFlag);
+    checkpoints. Steps the fp16 loss scaler skips (inf/NaN gradients) do not count;
+    --max_skipped_steps of them in a row stop the run with an error. Returns (step, final
+    loss, seconds)."""
     max_steps = int(args.max_steps)
     last_step = last_step_of_run(args, start_step)
-    preemption = utils.PreemptionFlag()
     phase = int(args.phase2) + 1
     step, skipped, skipped_in_a_row, final_losses = start_step, 0, 0, None
     log_window = LogWindow(args.train_batch_size * distributed.world_size)
@@ -457,7 +458,6 @@ def train(args, trainer, batches, start_step, metrics, distributed):
             logger.warning("received %s: saved step %d, exiting", preemption.received, step)
             break
     progress.close()
-    preemption.close()
     final_loss = final_losses[0].item() if final_losses is not None else float("nan")
     return step, final_loss, time.monotonic() - started
 
@@ -511,6 +511,14 @@ def check_skipped_steps(in_a_row, limit, scaler, step):
 
 
 def main(args):
+    """SIGTERM/SIGUSR1 are caught from the start to the end of the run, the wait of the
+    other ranks for rank 0's last checkpoint included (a signal there would kill them, and
+    srun then rank 0 in the middle of its write); then their handlers are given back."""
+    with utils.PreemptionFlag() as preemption:
+        return pretrain(args, preemption)
+
+
+def pretrain(args, preemption):
     check_args(args)
     distributed = utils.init_distributed(args.no_cuda, utils.precision_of(args))
     utils.setup_logging(distributed.is_main)
@@ -548,7 +556,8 @@ def main(args):
     trainer = Trainer(wrap_ddp(model, args, distributed), optimizer, scheduler, scaler, args,
                       distributed)
     model.train()
-    step, final_loss, seconds = train(args, trainer, batches, start_step, metrics, distributed)
+    step, final_loss, seconds = train(args, trainer, batches, start_step, metrics, distributed,
+                                      preemption)
     trained = step - start_step
     metrics.log((), {"e2e_train_time": seconds, "final_loss": final_loss,
                      "training_sequences_per_second":

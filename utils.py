@@ -762,6 +762,12 @@ class PreemptionFlag:
         for signum, handler in self.previous.items():
             signal.signal(signum, handler)
 
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc_info):
+        self.close()
+
     def _handle(self, signum, frame):
         self.received = signal.Signals(signum).name
 

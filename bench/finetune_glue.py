@@ -54,7 +54,9 @@ class TransformersAdapter(torch.nn.Module):
         self.model = transformers.BertForSequenceClassification.from_pretrained(
             weights, num_labels=num_labels, attn_implementation="sdpa")
 
-    def forward(self, input_ids, token_type_ids, attention_mask, labels=None):
+    def forward(self, input_ids, token_type_ids, attention_mask, labels=None,
+                token_index=None, padded=None):
+        """token_index, padded: our model's token layout, which transformers has no use for."""
         output = self.model(input_ids=input_ids, token_type_ids=token_type_ids,
                             attention_mask=attention_mask, labels=labels)
         return (output.loss, output.logits) if labels is not None else output.logits

@@ -502,7 +502,8 @@ def run_process_group(command, timeout):
     session when it returns, so ranks cannot outlive a killed gpu_check (a session of
     their own would run on and share the GPU with a rerun)."""
     process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE,
-                               stderr=subprocess.STDOUT, text=True, process_group=0)
+                               stderr=subprocess.STDOUT, text=True,
+                               preexec_fn=os.setpgrp)  # process_group=0 needs Python 3.11
     try:
         output = process.communicate(timeout=timeout)[0]
     except BaseException:

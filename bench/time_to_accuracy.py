@@ -303,7 +303,10 @@ def parse_args(argv=None):
     parser.add_argument("--transfer_from", default=None,
                         help="instead of the runs: only the SST-2 transfer, from this "
                              "checkpoint of the same config")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.hidden_size is not None and (args.hidden_size <= 0 or args.hidden_size % 64):
+        parser.error(f"--hidden_size {args.hidden_size}: a positive multiple of 64 (heads of 64)")
+    return args
 
 
 # ----------------------------------------------------------------------------- data

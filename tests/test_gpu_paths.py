@@ -579,8 +579,9 @@ def test_a_training_step_syncs_at_most_twice_outside_logging_steps(monkeypatch):
 
         trainer.step = counted_step
         trainer.args.steps_this_run = 5
-        run_pretraining.train(trainer.args, trainer, batch_stream(), 0, utils.MetricLogger(None),
-                              trainer.distributed)
+        with utils.PreemptionFlag() as preemption:
+            run_pretraining.train(trainer.args, trainer, batch_stream(), 0,
+                                  utils.MetricLogger(None), trainer.distributed, preemption)
     per_iteration = [b - a for a, b in itertools.pairwise(loop_syncs)]  # step 5 logs: left out
     assert step_syncs == [0] * 5, counter.seen  # Trainer.step itself: none in fp32
     assert len(per_iteration) == 4 and max(per_iteration) <= 2, (per_iteration, counter.seen)

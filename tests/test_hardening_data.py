@@ -297,3 +297,20 @@ def test_shards_of_an_earlier_run_under_the_prefix_are_named(corpus, tmp_path, c
     (message,) = warnings_of(caplog)
     assert f"{len(set(first['files']) | set(second['files']))} file(s)" in message
     assert Path(first["files"][0]).is_file()  # named, never deleted
+
+
+def test_a_character_cut_by_the_check_blocks_edge_is_no_bad_byte(tmp_path, monkeypatch):
+    """The up-front check reads blocks; one ending inside a two-byte character must not make
+    the few bytes after it look like a mostly undecodable block."""
+    monkeypatch.setattr(cpd, "CHECK_BLOCK_BYTES", 64)
+    text = tmp_path / "accents.txt"
+    text.write_bytes(b"a" * 63 + "é\n".encode() + "déjà vu €\n".encode() * 20)
+    cpd.check_text_files([text])
+    blocks = list(cpd._whole_character_blocks(text))
+    assert b"".join(block for _, block in blocks) == text.read_bytes() and len(blocks) > 3
+    for offset, block in blocks:
+        block.decode("utf-8")  # strict: no block ends inside a character
+        assert text.read_bytes()[offset:offset + len(block)] == block
+    text.write_bytes(b"a" * 63 + b"\xff\xfe\xfd" * 30 + b"\n")
+    with pytest.raises(ValueError, match="are not UTF-8"):
+        cpd.check_text_files([text])

@@ -454,12 +454,12 @@ def test_the_token_layout_is_read_from_the_host_mask():
     model.eval()
     tensors = dataset.tensors
     mask = tensors[dataset.names.index("attention_mask")][:8].clone()
-    mask[:, 2:] = 0  # a batch mostly padding: the model packs the real tokens
-    mask[0] = 1
+    mask[:, 2:] = 0  # mostly padding, so the model packs the real tokens, and trimmed
+    mask[0, :10] = 1  # to 10 of 16 positions: the layout must be the trimmed batch's
     tensors = [t[:8] for t in tensors]
     tensors[dataset.names.index("attention_mask")] = mask
     batch = finetuning.trimmed_batch(dataset.names, tensors, torch.device("cpu"))
-    assert batch["padded"] is True or batch["padded"] is False
+    assert batch["input_ids"].shape == (8, 10) and batch["padded"] is True
     assert batch["token_index"].device.type == "cpu" and len(batch["token_index"]) == mask.sum()
     with torch.no_grad():
         given = model(**batch)

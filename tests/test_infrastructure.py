@@ -212,7 +212,23 @@ def test_ranks_that_disagree_stop_with_each_ranks_view(monkeypatch):
 
 def test_the_preemption_flag_gives_the_signals_back():
     before = signal.getsignal(signal.SIGUSR1)
-    flag = utils.PreemptionFlag()
-    assert signal.getsignal(signal.SIGUSR1) == flag._handle
-    flag.close()
+    with utils.PreemptionFlag() as flag:
+        assert signal.getsignal(signal.SIGUSR1) == flag._handle
     assert signal.getsignal(signal.SIGUSR1) == before
+
+
+def test_pretraining_catches_signals_until_its_end_and_then_gives_them_back(monkeypatch):
+    """Through end_distributed (the other ranks wait there for rank 0's last checkpoint),
+    also when the run fails."""
+    import run_pretraining
+    seen = {}
+
+    def failing_run(args, preemption):
+        seen["during"] = signal.getsignal(signal.SIGTERM)
+        raise RuntimeError("failed")
+    monkeypatch.setattr(run_pretraining, "pretrain", failing_run)
+    before = signal.getsignal(signal.SIGTERM)
+    with pytest.raises(RuntimeError, match="failed"):
+        run_pretraining.main(None)
+    assert seen["during"] not in (before, signal.SIG_DFL)
+    assert signal.getsignal(signal.SIGTERM) == before

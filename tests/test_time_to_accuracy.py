@@ -160,3 +160,9 @@ def test_model_size_flags_shape_the_written_config(tmp_path):
     assert config.hidden_dropout_prob == config.attention_probs_dropout_prob == 0.1
     default = tta.model_shape(tta.parse_args([]))
     assert default == tta.MODEL and default is not tta.MODEL
+
+
+def test_a_width_not_in_heads_of_64_is_refused_before_any_work(capsys):
+    with pytest.raises(SystemExit):
+        tta.parse_args(["--hidden_size", "200"])
+    assert "--hidden_size 200: a positive multiple of 64" in capsys.readouterr().err
