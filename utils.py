@@ -709,15 +709,19 @@ def set_rng_state(state, device):
         torch.cuda.set_rng_state(state["cuda"], device)
 
 
+def gather_from_ranks(value, distributed):
+    """Every rank's `value` (a picklable object), on every rank, in rank order."""
+    if not distributed.enabled:
+        return [value]
+    values = [None] * distributed.world_size
+    dist.all_gather_object(values, value)
+    return values
+
+
 def gather_rng_states(distributed):
     """Every rank's RNG state, on every rank (dropout differs per rank, so resume restores
     each rank's own)."""
-    state = rng_state(distributed.device)
-    if not distributed.enabled:
-        return [state]
-    states = [None] * distributed.world_size
-    dist.all_gather_object(states, state)
-    return states
+    return gather_from_ranks(rng_state(distributed.device), distributed)
 
 
 def restore_rng_states(states, distributed, seed, step):
@@ -737,10 +741,7 @@ def check_same_on_all_ranks(value, distributed, what):
     """Raises on every rank when the ranks' `value`s differ: each rank decides from its own
     view of shared files (one that cannot read the newest checkpoint takes an older one),
     and ranks that disagree would hang in their collectives or save a mix."""
-    if not distributed.enabled:
-        return
-    values = [None] * distributed.world_size
-    dist.all_gather_object(values, value)
+    values = gather_from_ranks(value, distributed)
     if any(other != values[0] for other in values):
         raise RuntimeError(f"the ranks disagree on {what}: " + ", ".join(
             f"rank {rank}: {other}" for rank, other in enumerate(values)))
