@@ -221,6 +221,7 @@ import argparse
 import csv
 import hashlib
 import json
+import math
 import os
 import random
 import shutil
@@ -284,6 +285,9 @@ def parse_args(argv=None):
     parser.add_argument("--dropout", type=float, default=0.0,
                         help="hidden and attention dropout in pre-training")
     parser.add_argument("--dynamic_masking", action=argparse.BooleanOptionalAction, default=True)
+    parser.add_argument("--masked_lm_prob", type=float, default=0.15,
+                        help="masking rate of the training instances (the held-out ones keep "
+                             "BERT's 0.15, so accuracies compare across rates)")
     parser.add_argument("--nsp", action=argparse.BooleanOptionalAction, default=True,
                         help="--no-nsp: masked-LM loss only (run_pretraining.py --no_nsp; the "
                              "peer then trains transformers' BertForMaskedLM)")
@@ -314,7 +318,15 @@ def parse_args(argv=None):
     args = parser.parse_args(argv)
     if args.hidden_size is not None and (args.hidden_size <= 0 or args.hidden_size % 64):
         parser.error(f"--hidden_size {args.hidden_size}: a positive multiple of 64 (heads of 64)")
+    if not 0.0 < args.masked_lm_prob <= 0.5:
+        parser.error(f"--masked_lm_prob {args.masked_lm_prob}: a rate in (0, 0.5]")
     return args
+
+
+def training_predictions(args):
+    """The training shards' prediction budget: BERT's 20 at seq 128, more for a higher
+    masking rate (enough for every row's round(length x rate))."""
+    return max(PREDICTIONS, math.ceil(SEQ * args.masked_lm_prob))
 
 
 # ----------------------------------------------------------------------------- data
@@ -357,14 +369,18 @@ def prepare_data(args, folder, text_files):
     the same one reuses them); returns the training folder and the held-out file."""
     vocab_digest = hashlib.sha256(Path(args.vocab_file).read_bytes()).hexdigest()[:12]
     data = folder / f"hdf5_vocab_{vocab_digest}"
-    outputs = {"train": data / "train" / "train.hdf5", "held_out": data / "held_out.hdf5"}
+    rate = {"train": args.masked_lm_prob, "held_out": 0.15}
+    predictions = {"train": training_predictions(args), "held_out": PREDICTIONS}
+    outputs = {"held_out": data / "held_out.hdf5", "train": data / (
+        "train" if rate["train"] == 0.15 else f"train_mask{rate['train']}") / "train.hdf5"}
     for name, text_file in text_files.items():
         if outputs[name].exists():
             continue
         cpd.main(cpd.parse_args([
             "--input_file", str(text_file), "--output_file", str(outputs[name]),
             "--vocab_file", str(args.vocab_file), "--do_lower_case", "--max_seq_length", str(SEQ),
-            "--max_predictions_per_seq", str(PREDICTIONS), "--random_seed", str(args.seed),
+            "--max_predictions_per_seq", str(predictions[name]),
+            "--masked_lm_prob", str(rate[name]), "--random_seed", str(args.seed),
             "--dupe_factor", str(args.dupe_factor if name == "train" else 1),
             "--disable_progress_bar"]))
     return outputs["train"].parent, outputs["held_out"]
@@ -421,7 +437,8 @@ def pretraining_arguments(args, data, config_file, init, output, max_steps, chec
     arguments = ["--input_dir", str(data), "--config_file", str(config_file),
                  "--output_dir", str(output), "--init_checkpoint", str(init),
                  "--vocab_file", str(args.vocab_file), "--max_seq_length", str(SEQ),
-                 "--max_predictions_per_seq", str(PREDICTIONS),
+                 "--max_predictions_per_seq", str(training_predictions(args)),
+                 "--masked_lm_prob", str(args.masked_lm_prob),
                  "--train_batch_size", str(args.batch_size),
                  "--learning_rate", str(args.learning_rate),
                  "--warmup_proportion", str(args.warmup_proportion),

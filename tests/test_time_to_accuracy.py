@@ -166,3 +166,35 @@ def test_a_width_not_in_heads_of_64_is_refused_before_any_work(capsys):
     with pytest.raises(SystemExit):
         tta.parse_args(["--hidden_size", "200"])
     assert "--hidden_size 200: a positive multiple of 64" in capsys.readouterr().err
+
+
+def test_a_higher_masking_rate_masks_the_training_shards_only(tmp_path, monkeypatch):
+    """--masked_lm_prob 0.3: training shards with room for 30% of each row, masked at that
+    rate, and run_pretraining.py told the rate; the held-out shard keeps 15% so accuracies
+    compare across rates."""
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text(sample_documents(6, lines_per_document=40), encoding="utf-8")
+    vocab = write_vocab(tmp_path / "vocab.txt", corpus.read_text())
+    monkeypatch.setattr(tta, "SEQ", SEQ)
+    monkeypatch.setattr(tta, "PREDICTIONS", PREDICTIONS)
+    folder = tmp_path / "out"
+    folder.mkdir()
+    args = tta.parse_args(["--corpus", str(corpus), "--vocab_file", str(vocab),
+                           "--held_out_documents", "1", "--dupe_factor", "1",
+                           "--masked_lm_prob", "0.3", "--output_dir", str(folder)])
+    train, held_out = tta.prepare_data(args, folder, tta.split_corpus(args, folder))
+
+    def masked_share(shard):
+        arrays = read_shard(shard)
+        masked = arrays["masked_lm_positions"] > 0  # padding is 0, [CLS]'s never-masked place
+        return masked.shape[1], masked.sum() / arrays["input_mask"].sum()
+
+    width, share = masked_share(next(train.glob("*.hdf5")))
+    assert width == 15 and 0.28 < share < 0.31  # ceil(48 x 0.3)
+    width, share = masked_share(held_out)
+    assert width == PREDICTIONS and 0.12 < share < 0.16
+    arguments = tta.pretraining_arguments(args, train, "c.json", "w.pt", folder, 10, 5, "fp32")
+    assert arguments[arguments.index("--masked_lm_prob") + 1] == "0.3"
+    assert arguments[arguments.index("--max_predictions_per_seq") + 1] == "15"
+    with pytest.raises(SystemExit):
+        tta.parse_args(["--masked_lm_prob", "0.8"])
