@@ -16,7 +16,10 @@ Deliberate deviations from NVIDIA's processors/glue.py:
   unbalanced quotes inside sentences never merge or corrupt rows. Blank lines are skipped.
   A binary or non-UTF-8 file is an error naming the file and line, not a UnicodeDecodeError.
 - A missing file, a short row or an unknown label raises an error naming the file, the
-  line and what was expected, instead of an IndexError or KeyError deep in a loop.
+  line and what was expected, instead of an IndexError or KeyError deep in a loop. QQP is
+  the exception for short rows: GLUE's QQP files hold some (questions broken across lines),
+  which are skipped with a warning that counts them and names the first lines, as the
+  processors of Google's and Hugging Face's code skip them.
 - guid is "<set>-<n>" with n the 0-based data row, so test guids equal GLUE's index column
   (NVIDIA counts the header line, so its first dev example is "dev-1").
 - STS-B scores are parsed to float while reading; regression labels are float tensors.
@@ -29,12 +32,15 @@ Deliberate deviations from NVIDIA's processors/glue.py:
 import csv
 import dataclasses
 import io
+import logging
 import os
 
 import numpy as np
 import torch
 
 import utils
+
+logger = logging.getLogger(__name__)
 
 CLASSIFICATION = "classification"
 REGRESSION = "regression"
@@ -83,6 +89,7 @@ class GlueProcessor:
     dev_file: str = "dev.tsv"
     test_file: str = "test.tsv"
     output_mode: str = CLASSIFICATION
+    skips_short_rows: bool = False  # QQP's files have some (see the module docstring)
 
     def get_train_examples(self, data_dir):
         return self._read(data_dir, "train.tsv", "train", self.labelled)
@@ -109,8 +116,11 @@ class GlueProcessor:
             raise FileNotFoundError(
                 f"{path} does not exist: task {self.task_name!r} expects {expected} in "
                 f"{data_dir} (the GLUE layout written by download_glue_data.py)")
-        examples = []
+        examples, short_rows = [], []
         for line_number, row in _read_tsv(path, skip_header=columns.header):
+            if len(row) < columns.min_width() and self.skips_short_rows:
+                short_rows.append(line_number)
+                continue
             if len(row) < columns.min_width():
                 raise ValueError(
                     f"{path}, line {line_number}: {len(row)} tab-separated columns, task "
@@ -120,6 +130,11 @@ class GlueProcessor:
                 text_a=row[columns.text_a],
                 text_b=row[columns.text_b] if columns.text_b is not None else None,
                 label=self._parse_label(row, columns, path, line_number)))
+        if short_rows:
+            logger.warning("%s: skipped %d rows with fewer than %d tab-separated columns "
+                           "(lines %s%s)", path, len(short_rows), columns.min_width(),
+                           ", ".join(map(str, short_rows[:5])),
+                           ", ..." if len(short_rows) > 5 else "")
         if not examples:
             raise ValueError(f"{path}: no examples (the file has no data rows)")
         return examples
@@ -163,7 +178,8 @@ PROCESSORS = {
                       dev_file="dev_mismatched.tsv", test_file="test_mismatched.tsv"),
         GlueProcessor("mrpc", _BINARY, Columns(3, 4, label=0), Columns(3, 4)),
         GlueProcessor("qnli", _ENTAILMENT, Columns(1, 2, label=-1), Columns(1, 2)),
-        GlueProcessor("qqp", _BINARY, Columns(3, 4, label=5), Columns(1, 2)),
+        GlueProcessor("qqp", _BINARY, Columns(3, 4, label=5), Columns(1, 2),
+                      skips_short_rows=True),
         GlueProcessor("rte", _ENTAILMENT, Columns(1, 2, label=-1), Columns(1, 2)),
         GlueProcessor("sst-2", _BINARY, Columns(0, label=1), Columns(1)),
         GlueProcessor("sts-b", (), Columns(7, 8, label=-1), Columns(7, 8),

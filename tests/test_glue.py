@@ -150,6 +150,22 @@ def test_short_row_names_file_and_line(tmp_path):
         read("mrpc", "train", tmp_path)
 
 
+def test_qqps_short_rows_are_skipped_with_a_count(tmp_path, caplog):
+    """GLUE's QQP files break some questions across lines; those rows are skipped, counted
+    and named, and the rows around them are read whole."""
+    (tmp_path / "train.tsv").write_text(
+        "id\tqid1\tqid2\tquestion1\tquestion2\tis_duplicate\n"
+        "0\t1\t2\tHow do I swim?\tHow can I learn to swim?\t1\n"
+        "1\t3\t4\tWhat is a question broken\n"
+        "across lines?\tIs it?\t0\n"
+        "2\t5\t6\tIs tea healthy?\tIs coffee healthy?\t0\n", encoding="utf-8")
+    with caplog.at_level("WARNING", logger="glue"):
+        examples = read("qqp", "train", tmp_path)
+    assert [(e.guid, e.text_a, e.label) for e in examples] == [
+        ("train-0", "How do I swim?", "1"), ("train-1", "Is tea healthy?", "0")]
+    assert "skipped 2 rows with fewer than 6 tab-separated columns (lines 3, 4)" in caplog.text
+
+
 def test_unknown_label_names_file_line_label_and_allowed_labels(tmp_path):
     (tmp_path / "dev.tsv").write_text("sentence\tlabel\ngood\t1\nodd\tpositive\n")
     with pytest.raises(ValueError, match=r"dev\.tsv, line 3: unknown label 'positive'; "
