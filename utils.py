@@ -754,7 +754,7 @@ class PreemptionFlag:
     `should_stop` agrees across ranks, so that all of them checkpoint and exit together."""
 
     def __init__(self, signals=(signal.SIGTERM, signal.SIGUSR1)):
-        self.received = None
+        self.received, self._pending = None, None
         self.previous = {signum: signal.signal(signum, self._handle) for signum in signals}
 
     def close(self):
@@ -773,13 +773,37 @@ class PreemptionFlag:
         self.received = signal.Signals(signum).name
 
     def should_stop(self, distributed):
-        """Whether any rank received the signal (one all-reduce and host sync with several
-        ranks; none for one process)."""
+        """Whether any rank received the signal. With several ranks this call's flags are
+        combined by an all-reduce that the next call reads, so all ranks stop on the same
+        iteration, one after the signal: reading it at once would make the host wait for
+        the device to finish the step, every step."""
         if not distributed.enabled:
             return self.received is not None
-        flag = torch.tensor([1.0 if self.received else 0.0], device=distributed.device)
-        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-        return bool(flag.item())
+        previous = self._pending
+        self._pending = AnyRankFlag(self.received is not None, distributed.device)
+        return previous is not None and previous.read()
+
+
+class AnyRankFlag:
+    """A flag all-reduced (max) over the ranks without a host wait: on CUDA the result is
+    copied to pinned host memory behind an event, and `read` waits for that event only."""
+
+    def __init__(self, raised, device):
+        flag = torch.tensor([1.0 if raised else 0.0], device=device)
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX, async_op=True).wait()  # NCCL: the stream waits
+        self.copied = None
+        if device.type == "cuda":
+            self.host = torch.empty(1, pin_memory=True)
+            self.host.copy_(flag, non_blocking=True)
+            self.copied = torch.cuda.Event()
+            self.copied.record()
+        else:
+            self.host = flag
+
+    def read(self):
+        if self.copied is not None:
+            self.copied.synchronize()
+        return bool(self.host.item())
 
 
 def die_with_parent(parent_pid):

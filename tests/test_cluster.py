@@ -197,6 +197,38 @@ def test_a_launchers_single_rank_joins_a_group_of_one(single_rank_launch):
     assert not torch.distributed.is_initialized()
 
 
+def flag_on_a_rank(rank, port, signalled_rank, results):
+    """One of two gloo ranks: calls should_stop four times, `signalled_rank` receiving the
+    signal before its second call."""
+    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2",
+                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    distributed = utils.init_distributed(no_cuda=True)
+    with utils.PreemptionFlag(signals=()) as flag:
+        seen = []
+        for call in range(4):
+            if rank == signalled_rank and call == 1:
+                flag.received = "SIGTERM"
+            seen.append(flag.should_stop(distributed))
+    results.put((rank, seen))
+    utils.end_distributed(distributed)
+
+
+def test_all_ranks_stop_on_the_same_iteration_one_after_the_signal():
+    """The combined flag is read a call late (no host wait on the device each step), the
+    same call on every rank, whichever rank was signalled."""
+    context = torch.multiprocessing.get_context("spawn")
+    results = context.Queue()
+    port = 29000 + (os.getpid() + 900) % 1000
+    processes = [context.Process(target=flag_on_a_rank, args=(rank, port, 1, results))
+                 for rank in range(2)]
+    for process in processes:
+        process.start()
+    seen = dict(results.get(timeout=120) for _ in processes)
+    for process in processes:
+        process.join(timeout=60)
+    assert seen == {0: [False, False, True, True], 1: [False, False, True, True]}
+
+
 def test_a_plain_process_runs_alone(monkeypatch):
     for name in OUTER_RANKS:
         monkeypatch.delenv(name, raising=False)
