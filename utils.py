@@ -789,7 +789,7 @@ class AnyRankFlag:
     copied to pinned host memory behind an event, and `read` waits for that event only."""
 
     def __init__(self, raised, device):
-        flag = torch.tensor([1.0 if raised else 0.0], device=device)
+        flag = torch.full((1,), 1.0 if raised else 0.0, device=device)  # a fill, not a copy
         dist.all_reduce(flag, op=dist.ReduceOp.MAX, async_op=True).wait()  # NCCL: the stream waits
         self.copied = None
         if device.type == "cuda":

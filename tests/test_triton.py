@@ -197,7 +197,8 @@ def test_deployer_writes_a_valid_model_for_each_backend(qa_export, tmp_path, bac
     config = (model_dir / "config.pbtxt").read_text()
     for line in (header, "max_batch_size: 8", 'name: "input__2"', "data_type: TYPE_INT64",
                  'name: "output__1"', "preferred_batch_size: [ 4, 8 ]",
-                 "max_queue_delay_microseconds: 100", f"kind: {kind}"):
+                 "max_queue_delay_microseconds: 100", f"kind: {kind}",
+                 'key: "max_position_embeddings"\n  value: { string_value: "64" }'):
         assert line in config, line
     assert "valid" in run_deployment(TRITON / "deployer.py", "--check", model_dir).stdout
 
@@ -357,6 +358,13 @@ def test_triton_server_answers_like_inference_over_http_and_grpc(qa_export, tiny
                 "--vocab_file", export_dir / "vocab.txt", "--question", question,
                 "--context", context, *WINDOW_ARGS)
             assert_same_answers(answered.stdout, printed, nbest, protocol)
+            too_long = run_deployment(
+                TRITON / "run_squad_client.py", "--protocol", protocol,
+                "--url", f"127.0.0.1:{port}", "--model_name", "bert_qa",
+                "--vocab_file", export_dir / "vocab.txt", "--question", question,
+                "--context", context, *WINDOW_ARGS, "--max_seq_length", 65, check=False)
+            assert too_long.returncode != 0 and "error: --max_seq_length 65 is longer than " \
+                "model bert_qa takes (64 positions)" in too_long.stderr, too_long.stderr
     finally:
         returncode = stop(server)
     assert returncode == 0, log_path.read_text()[-3000:]

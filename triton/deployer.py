@@ -113,6 +113,9 @@ def _tensors(section, tensors, batch_axis):
     return f"{section} [\n" + ",\n".join(map(entry, tensors)) + "\n]"
 
 
+MAX_POSITIONS_KEY = "max_position_embeddings"
+
+
 def _parameter(key, value):
     return f'parameters {{\n  key: "{key}"\n  value: {{ string_value: "{value}" }}\n}}'
 
@@ -142,6 +145,8 @@ def config_text(args, signature):
         sections.append(f"dynamic_batching {{\n  preferred_batch_size: [ {sizes} ]\n"
                         f"  max_queue_delay_microseconds: {args.max_queue_delay_us}\n}}")
     sections.append(_instance_group(args))
+    # For clients: the longest sequence the model takes (the dims say -1, any length).
+    sections.append(_parameter(MAX_POSITIONS_KEY, signature["max_position_embeddings"]))
     if args.intra_op_threads:
         sections.append(_parameter(INTRA_OP_THREADS_KEY[args.backend], args.intra_op_threads))
     if args.onnx_accelerator == "tensorrt":

@@ -53,6 +53,14 @@ def parse_args(argv=None):
     return args
 
 
+def max_positions(config):
+    """The max_position_embeddings parameter triton/deployer.py writes into the model's
+    config (HTTP and gRPC spell its value's key differently); None for a model without it."""
+    value = config.get("parameters", {}).get("max_position_embeddings", {})
+    text = value.get("string_value", value.get("stringValue"))
+    return int(text) if text else None
+
+
 def triton_client(protocol, url):
     if protocol == "http":
         import tritonclient.http as client_module
@@ -78,6 +86,15 @@ class TritonQuestionAnswering:
             raise ValueError(f"model {model_name} at {url} has inputs {sorted(self.datatypes)}, "
                              f"not {INPUT_NAMES}: was it exported by triton/export_model.py?")
         self.max_batch_size = max(int(config.get("max_batch_size", 0)), 1)
+        self.max_positions = max_positions(config)
+
+    def check_window(self, max_seq_length):
+        """Refuses windows longer than the model's position table before any request (the
+        server would fail each one with an index error)."""
+        if self.max_positions is not None and max_seq_length > self.max_positions:
+            raise ValueError(f"--max_seq_length {max_seq_length} is longer than model "
+                             f"{self.model_name} takes ({self.max_positions} positions): "
+                             f"pass --max_seq_length {self.max_positions} or less")
 
     def infer(self, arrays):
         """One request: arrays (input_ids, segment_ids, input_mask) -> numpy outputs."""
@@ -111,6 +128,7 @@ def main(args):
     model = TritonQuestionAnswering(args.protocol, args.url, args.model_name,
                                     args.model_version)
     try:
+        model.check_window(args.max_seq_length)
         best, nbest = inference.answer(model, tokenizer, args.question, context, args,
                                        torch.device("cpu"))
     finally:
