@@ -16,12 +16,14 @@ Deliberate deviations from NVIDIA's processors/glue.py:
   unbalanced quotes inside sentences never merge or corrupt rows. Blank lines are skipped.
   A binary or non-UTF-8 file is an error naming the file and line, not a UnicodeDecodeError.
 - A missing file, a short row or an unknown label raises an error naming the file, the
-  line and what was expected, instead of an IndexError or KeyError deep in a loop. QQP is
-  the exception for short rows: GLUE's QQP files hold some (questions broken across lines),
-  which are skipped with a warning that counts them and names the first lines, as the
-  processors of Google's and Hugging Face's code skip them.
-- guid is "<set>-<n>" with n the 0-based data row, so test guids equal GLUE's index column
-  (NVIDIA counts the header line, so its first dev example is "dev-1").
+  line and what was expected, instead of an IndexError or KeyError deep in a loop. QQP's
+  train and dev files are the exception for short rows: GLUE's hold some (questions broken
+  across lines), which are skipped with a warning that counts them and names the first
+  lines, as Hugging Face's QQP processor skips them. Its test file stays strict: a
+  submission needs every row.
+- guid is "<set>-<n>" with n the 0-based data row (a skipped QQP row keeps its number), so
+  test guids equal GLUE's index column (NVIDIA counts the header line, so its first dev
+  example is "dev-1").
 - STS-B scores are parsed to float while reading; regression labels are float tensors.
 - convert_examples_to_features returns a dict of tensors, not a list of InputFeatures,
   and tokenizes all texts in one batch call (FullTokenizer.tokenize_to_ids).
@@ -89,7 +91,7 @@ class GlueProcessor:
     dev_file: str = "dev.tsv"
     test_file: str = "test.tsv"
     output_mode: str = CLASSIFICATION
-    skips_short_rows: bool = False  # QQP's files have some (see the module docstring)
+    skips_short_rows: bool = False  # in train and dev files (see the module docstring)
 
     def get_train_examples(self, data_dir):
         return self._read(data_dir, "train.tsv", "train", self.labelled)
@@ -117,16 +119,17 @@ class GlueProcessor:
                 f"{path} does not exist: task {self.task_name!r} expects {expected} in "
                 f"{data_dir} (the GLUE layout written by download_glue_data.py)")
         examples, short_rows = [], []
-        for line_number, row in _read_tsv(path, skip_header=columns.header):
-            if len(row) < columns.min_width() and self.skips_short_rows:
+        skips_short_rows = self.skips_short_rows and columns.label is not None
+        for data_row, (line_number, row) in enumerate(_read_tsv(path, columns.header)):
+            if len(row) < columns.min_width():
+                if not skips_short_rows:
+                    raise ValueError(
+                        f"{path}, line {line_number}: {len(row)} tab-separated columns, task "
+                        f"{self.task_name!r} needs at least {columns.min_width()} in this file")
                 short_rows.append(line_number)
                 continue
-            if len(row) < columns.min_width():
-                raise ValueError(
-                    f"{path}, line {line_number}: {len(row)} tab-separated columns, task "
-                    f"{self.task_name!r} needs at least {columns.min_width()} in this file")
             examples.append(InputExample(
-                guid=f"{set_type}-{len(examples)}",
+                guid=f"{set_type}-{data_row}",
                 text_a=row[columns.text_a],
                 text_b=row[columns.text_b] if columns.text_b is not None else None,
                 label=self._parse_label(row, columns, path, line_number)))

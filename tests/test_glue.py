@@ -162,8 +162,16 @@ def test_qqps_short_rows_are_skipped_with_a_count(tmp_path, caplog):
     with caplog.at_level("WARNING", logger="glue"):
         examples = read("qqp", "train", tmp_path)
     assert [(e.guid, e.text_a, e.label) for e in examples] == [
-        ("train-0", "How do I swim?", "1"), ("train-1", "Is tea healthy?", "0")]
+        ("train-0", "How do I swim?", "1"), ("train-3", "Is tea healthy?", "0")]
     assert "skipped 2 rows with fewer than 6 tab-separated columns (lines 3, 4)" in caplog.text
+
+
+def test_qqps_test_file_refuses_short_rows(tmp_path):
+    """A submission needs a prediction for every test row: none may be skipped."""
+    (tmp_path / "test.tsv").write_text("id\tquestion1\tquestion2\n0\tA broken\n",
+                                       encoding="utf-8")
+    with pytest.raises(ValueError, match=r"test\.tsv, line 2: 2 tab-separated columns"):
+        read("qqp", "test", tmp_path)
 
 
 def test_unknown_label_names_file_line_label_and_allowed_labels(tmp_path):
