@@ -455,7 +455,8 @@ def train(args, trainer, batches, start_step, metrics, distributed, preemption):
                                   trainer.scaler, step, batches, args, distributed),
                  step, args, distributed)
         if stop:
-            logger.warning("received %s: saved step %d, exiting", preemption.received, step)
+            logger.warning("received %s: saved step %d, exiting",
+                           preemption.received or "a signal on another rank", step)
             break
     progress.close()
     final_loss = final_losses[0].item() if final_losses is not None else float("nan")

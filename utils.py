@@ -776,7 +776,7 @@ class PreemptionFlag:
         """Whether any rank received the signal. With several ranks this call's flags are
         combined by an all-reduce that the next call reads, so all ranks stop on the same
         iteration, one after the signal: reading it at once would make the host wait for
-        the device to finish the step, every step."""
+        the device to finish the step, every step. One flag serves one training loop."""
         if not distributed.enabled:
             return self.received is not None
         previous = self._pending
@@ -786,11 +786,12 @@ class PreemptionFlag:
 
 class AnyRankFlag:
     """A flag all-reduced (max) over the ranks without a host wait: on CUDA the result is
-    copied to pinned host memory behind an event, and `read` waits for that event only."""
+    copied to pinned host memory behind an event, and `read` waits for that event only
+    (TORCH_NCCL_BLOCKING_WAIT=1 makes the all-reduce itself wait, as every collective)."""
 
     def __init__(self, raised, device):
         flag = torch.full((1,), 1.0 if raised else 0.0, device=device)  # a fill, not a copy
-        dist.all_reduce(flag, op=dist.ReduceOp.MAX, async_op=True).wait()  # NCCL: the stream waits
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)  # NCCL: queued on the stream, no host wait
         self.copied = None
         if device.type == "cuda":
             self.host = torch.empty(1, pin_memory=True)

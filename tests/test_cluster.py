@@ -226,6 +226,7 @@ def test_all_ranks_stop_on_the_same_iteration_one_after_the_signal():
     seen = dict(results.get(timeout=120) for _ in processes)
     for process in processes:
         process.join(timeout=60)
+    assert [process.exitcode for process in processes] == [0, 0]
     assert seen == {0: [False, False, True, True], 1: [False, False, True, True]}
 
 

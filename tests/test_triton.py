@@ -213,6 +213,13 @@ def test_a_model_without_implicit_batching_names_the_batch_axis(qa_export, tmp_p
     assert "valid" in run_deployment(TRITON / "deployer.py", "--check", tmp_path / "bert_qa").stdout
 
 
+def test_the_client_reads_the_models_position_limit_where_it_was_deployed_with_one():
+    client = import_script(TRITON / "run_squad_client.py")
+    limit = {"parameters": {"max_position_embeddings": {"string_value": "512"}}}
+    assert client.max_positions(limit) == 512
+    assert client.max_positions({"parameters": {}}) is None  # an older repository: no check
+
+
 def test_each_backend_gets_its_own_thread_setting(qa_export, tmp_path):
     export_dir, _ = qa_export
     for backend, key in (("onnxruntime", "intra_op_thread_count"),

@@ -54,10 +54,9 @@ def parse_args(argv=None):
 
 
 def max_positions(config):
-    """The max_position_embeddings parameter triton/deployer.py writes into the model's
-    config (HTTP and gRPC spell its value's key differently); None for a model without it."""
-    value = config.get("parameters", {}).get("max_position_embeddings", {})
-    text = value.get("string_value", value.get("stringValue"))
+    """The max_position_embeddings parameter (deployer.MAX_POSITIONS_KEY) of the model's
+    config as JSON; None for a model deployed without it."""
+    text = config.get("parameters", {}).get("max_position_embeddings", {}).get("string_value")
     return int(text) if text else None
 
 
