@@ -111,23 +111,44 @@ def test_transfer_fine_tunes_from_the_checkpoint_and_from_random_weights(tmp_pat
                                        "num_attention_heads": 4, "intermediate_size": 37,
                                        "max_position_embeddings": 64})
     args = tta.parse_args(["--vocab_file", str(vocab), "--output_dir", str(tmp_path / "out"),
-                           "--transfer_learning_rate", "1e-4", "1e-3"])
+                           "--transfer_learning_rate", "1e-4", "1e-3", "--transfer_seeds", "2",
+                           "--seed", "7"])
     folder = tmp_path / "out"
     folder.mkdir()
     config = tta.write_config(args, folder, 0.0)
     checkpoint = tta.initial_weights(config, 0, folder / "weights.pt")
     result = tta.transfer(args, folder, config, checkpoint)
 
-    chosen = (folder / "sst2_data" / "train.tsv").read_text().splitlines()
-    assert chosen[0] == "sentence\tlabel" and len(chosen) == 17
-    assert set(chosen[1:]) <= set(rows)
+    subsets = [(folder / f"sst2_data_seed{seed}" / "train.tsv").read_text().splitlines()
+               for seed in (7, 8)]
+    for chosen in subsets:
+        assert chosen[0] == "sentence\tlabel" and len(chosen) == 17
+        assert set(chosen[1:]) <= set(rows)
+    assert subsets[0] != subsets[1]  # each seed its own subset
     written = json.loads((folder / "transfer.json").read_text())
     assert written == result
-    assert [(run["start"], run["learning_rate"]) for run in written["runs"]] == [
-        ("pre-trained", 1e-4), ("random init", 1e-4), ("pre-trained", 1e-3), ("random init", 1e-3)]
+    assert [(run["start"], run["learning_rate"], run["seed"]) for run in written["runs"]] == [
+        (start, rate, seed) for rate in (1e-4, 1e-3) for seed in (7, 8)
+        for start in ("pre-trained", "random init")]
     for run in written["runs"]:
-        output = folder / f"sst2_{run['start'].replace(' ', '_')}_lr{run['learning_rate']:g}"
+        output = folder / (f"sst2_{run['start'].replace(' ', '_')}_lr{run['learning_rate']:g}"
+                           f"_seed{run['seed']}")
         assert run["dev_accuracy"] == json.loads((output / "eval_results.json").read_text())["acc"]
+        assert f'"seed": {run["seed"]},' in (output / "dllogger.json").read_text()
+
+
+def test_the_transfer_table_averages_seeds_and_compares_each_start_at_its_best_rate():
+    runs = [{"start": start, "learning_rate": rate, "seed": seed, "dev_accuracy": accuracy}
+            for start, rate, seed, accuracy in [
+                ("pre-trained", 1e-4, 1, 0.70), ("random init", 1e-4, 1, 0.74),
+                ("pre-trained", 1e-4, 2, 0.72), ("random init", 1e-4, 2, 0.76),
+                ("pre-trained", 3e-4, 1, 0.78), ("random init", 3e-4, 1, 0.70),
+                ("pre-trained", 3e-4, 2, 0.80), ("random init", 3e-4, 2, 0.72)]]
+    table = tta.transfer_table({"checkpoint": "ckpt_9.pt", **tta.TRANSFER, "runs": runs})
+    assert "| 0.0001 | 0.7100 [0.7000, 0.7200] | 0.7500 [0.7400, 0.7600] | -4.0 |" in table
+    assert "| 0.0003 | 0.7900 [0.7800, 0.8000] | 0.7100 [0.7000, 0.7200] | +8.0 |" in table
+    assert table.endswith("each start at its best rate: pre-trained 0.7900 (lr 0.0003), "
+                          "random init 0.7500 (lr 0.0001): +4.0 points")
 
 
 def test_a_learnt_vocabulary_comes_from_the_training_documents_only(tmp_path):
