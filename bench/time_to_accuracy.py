@@ -239,7 +239,11 @@ checkpoint, 3 seeds (`--transfer_from CKPT --num_hidden_layers 2`, the default r
 seeds), pre-trained / random: 0.646 / 0.625 at 1e-4, 0.725 / 0.743 at 3e-4, 0.750 / 0.745
 at 1e-3 (random weights of 2 layers still learn at that rate): +0.5 points with each start
 at its best rate. The default stays 4 layers, which the head-to-head above was measured
-with; neither depth gives the +3 points.
+with; neither depth gives the +3 points. 2 layers head-to-head on a 20-minute budget
+(`--minutes 20 --num_hidden_layers 2 --no-transfer --eval_every 240`, the next hour, as
+slow): ours 2,048 steps at 119.4 sequences/s, 0.146 / 0.185 / 0.219 at 5 / 10 / 20 min;
+transformers 362 steps at 22.0 sequences/s, 0.044 / 0.090 / 0.130; ours reached the
+peer's final 0.130 in 238 s against 1,054 s: 4.43x.
 """
 
 import argparse
