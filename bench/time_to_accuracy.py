@@ -284,6 +284,7 @@ TRANSFER_LEARNING_RATES = (1e-4, 3e-4, 1e-3)
 MODEL = {"hidden_size": 256, "num_hidden_layers": 4, "num_attention_heads": 4,
          "intermediate_size": 1024, "max_position_embeddings": 128}
 SEQ, PREDICTIONS = 128, 20
+MASKED_LM_PROB = 0.15  # BERT's rate: the held-out shard's always, the training shards' default
 REPORT_MINUTES = (5, 10, 20, 30)
 CALIBRATION_WARMUP = 10  # first steps of a run are slower (allocations, the reader filling up)
 
@@ -314,7 +315,7 @@ def parse_args(argv=None):
     parser.add_argument("--dropout", type=float, default=0.0,
                         help="hidden and attention dropout in pre-training")
     parser.add_argument("--dynamic_masking", action=argparse.BooleanOptionalAction, default=True)
-    parser.add_argument("--masked_lm_prob", type=float, default=0.15,
+    parser.add_argument("--masked_lm_prob", type=float, default=MASKED_LM_PROB,
                         help="masking rate of the training instances (the held-out ones keep "
                              "BERT's 0.15, so accuracies compare across rates)")
     parser.add_argument("--nsp", action=argparse.BooleanOptionalAction, default=True,
@@ -404,18 +405,20 @@ def prepare_data(args, folder, text_files):
     the same one reuses them); returns the training folder and the held-out file."""
     vocab_digest = hashlib.sha256(Path(args.vocab_file).read_bytes()).hexdigest()[:12]
     data = folder / f"hdf5_vocab_{vocab_digest}"
-    rate = {"train": args.masked_lm_prob, "held_out": 0.15}
-    predictions = {"train": training_predictions(args), "held_out": PREDICTIONS}
-    outputs = {"held_out": data / "held_out.hdf5", "train": data / (
-        "train" if rate["train"] == 0.15 else f"train_mask{rate['train']}") / "train.hdf5"}
+    train_folder = ("train" if args.masked_lm_prob == MASKED_LM_PROB
+                    else f"train_mask{args.masked_lm_prob}")
+    outputs = {"train": data / train_folder / "train.hdf5", "held_out": data / "held_out.hdf5"}
+    masking = {"train": (args.masked_lm_prob, training_predictions(args)),  # (rate, budget)
+               "held_out": (MASKED_LM_PROB, PREDICTIONS)}
     for name, text_file in text_files.items():
         if outputs[name].exists():
             continue
+        rate, predictions = masking[name]
         cpd.main(cpd.parse_args([
             "--input_file", str(text_file), "--output_file", str(outputs[name]),
             "--vocab_file", str(args.vocab_file), "--do_lower_case", "--max_seq_length", str(SEQ),
-            "--max_predictions_per_seq", str(predictions[name]),
-            "--masked_lm_prob", str(rate[name]), "--random_seed", str(args.seed),
+            "--max_predictions_per_seq", str(predictions),
+            "--masked_lm_prob", str(rate), "--random_seed", str(args.seed),
             "--dupe_factor", str(args.dupe_factor if name == "train" else 1),
             "--disable_progress_bar"]))
     return outputs["train"].parent, outputs["held_out"]
