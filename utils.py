@@ -6,10 +6,11 @@ Deliberate deviations from NVIDIA's utils/run scripts:
   is not on PyPI): a resumed run appends to the file, which dllogger 1.0.0's JSON backend
   would truncate at each start.
 - Ranks come from torchrun (RANK, LOCAL_RANK, WORLD_SIZE) or directly from Slurm
-  (SLURM_PROCID, SLURM_LOCALID, SLURM_NTASKS) when srun starts the processes itself; a rank
-  drives GPU local_rank modulo the GPUs it sees (one GPU per Slurm task works), and the
-  process group is left at the end (end_distributed) after a barrier. A launcher's single
-  rank joins a group of one and trains under DDP (as NVIDIA's under torch.distributed.launch).
+  (SLURM_PROCID, SLURM_LOCALID, SLURM_STEP_NUM_TASKS) when srun starts the processes
+  itself; a rank drives GPU local_rank modulo the GPUs it sees (one GPU per Slurm task
+  works), and the process group is left at the end (end_distributed) after a barrier. A
+  launcher's single rank joins a group of one and trains under DDP (as NVIDIA's under
+  torch.distributed.launch).
 - Precision is one of fp16, bf16, tf32 (--tf32: TF32 matrix products, what NVIDIA's scripts
   get on Ampere and later for both "tf32" and "fp32") and fp32, which here is true IEEE fp32.
 - --local-rank (torch.distributed.launch's spelling) is accepted beside --local_rank.
@@ -276,8 +277,11 @@ def _launcher_ranks():
     env = os.environ
     if "RANK" in env and "WORLD_SIZE" in env:
         return int(env["RANK"]), int(env.get("LOCAL_RANK", 0)), int(env["WORLD_SIZE"])
-    if "SLURM_PROCID" in env and "SLURM_NTASKS" in env and "MASTER_ADDR" in env:
-        return int(env["SLURM_PROCID"]), int(env.get("SLURM_LOCALID", 0)), int(env["SLURM_NTASKS"])
+    # srun's tasks, counted by their step: the job's batch script has the job's SLURM_NTASKS
+    # but no step variables, and a process it runs itself is alone
+    if "SLURM_PROCID" in env and "SLURM_STEP_NUM_TASKS" in env and "MASTER_ADDR" in env:
+        return (int(env["SLURM_PROCID"]), int(env.get("SLURM_LOCALID", 0)),
+                int(env["SLURM_STEP_NUM_TASKS"]))
     return None
 
 

@@ -57,9 +57,13 @@ def test_slurm_ranks_are_read_when_srun_starts_the_processes(monkeypatch):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("SLURM_PROCID", "13")
     monkeypatch.setenv("SLURM_LOCALID", "5")
-    monkeypatch.setenv("SLURM_NTASKS", "16")
+    monkeypatch.setenv("SLURM_NTASKS", "32")  # the job's; srun's step has 16 of them
+    monkeypatch.setenv("SLURM_STEP_NUM_TASKS", "16")
     monkeypatch.setenv("MASTER_ADDR", "node1")
     assert utils._environment_ranks() == (13, 5, 16)
+    # Python run by the job's batch script itself (Slurm sets no step variables there): alone
+    monkeypatch.delenv("SLURM_STEP_NUM_TASKS")
+    assert utils._environment_ranks() == (0, 0, 1)
 
 
 def test_srun_tasks_without_an_address_are_refused_not_run_alone(monkeypatch):

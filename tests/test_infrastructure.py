@@ -64,6 +64,21 @@ def test_configurations_parse_and_every_job_splits_its_batch():
         assert variables["PHASE"] in (1, 2), name
 
 
+@pytest.mark.parametrize("job, gpus_per_node", [("dgxh100_1gpu_bf16_phase1", "GPUS_PER_NODE=1"),
+                                                ("dgxh100_8gpu_bf16_phase1", None)])
+def test_a_job_on_part_of_a_node_says_how_many_gpus_it_uses(job, gpus_per_node):
+    """run.sub refuses fewer tasks than the GPUs it finds, unless GPUS_PER_NODE says so."""
+    result = subprocess.run([sys.executable, "scripts/configuration.py", job], cwd=REPO,
+                            capture_output=True, text=True, check=True)
+    words = result.stdout.split()
+    assert "BATCHSIZE=8192" in words
+    assert [w for w in words if w.startswith("GPUS_PER_NODE=")] == (
+        [gpus_per_node] if gpus_per_node else [])
+    tasks = 1 if gpus_per_node else 8
+    assert f"--ntasks-per-node={tasks} run.sub" in result.stderr
+    assert f"--gpus-per-node={tasks}" in result.stderr
+
+
 def test_pretraining_wrapper_lists_21_positional_arguments():
     text = (REPO / "scripts" / "run_pretraining.sh").read_text()
     assert re.findall(r"\$\{(\d+):-", text) == [str(i) for i in range(1, 22)]

@@ -397,3 +397,18 @@ def test_a_job_with_other_than_one_task_per_gpu_is_refused_with_a_message(cluste
     assert "run.sub: 2 tasks per node, but 4 GPUs per node: pre-training runs one task per " \
            "GPU; submit with --ntasks-per-node=4 (or with --gpus-per-node=2)" in log, log
     assert "run_pretraining.py" not in log and not records(tmp_path)
+
+
+def test_a_batch_script_run_alone_is_one_rank_not_the_jobs_tasks(cluster, tmp_path):
+    """A job of two tasks whose batch script runs Python itself, with MASTER_ADDR exported
+    (a user's own script): that process is alone, world size 1, not one of the job's two
+    ranks waiting for a second that never comes."""
+    script = tmp_path / "alone.sh"
+    script.write_text(f"#!/bin/bash\nexport MASTER_ADDR=localhost\ncd {REPO}\n"
+                      f"{sys.executable} -c 'import utils; print(utils._environment_ranks())'\n")
+    job_id = cluster.sbatch("--nodes=1", "--ntasks-per-node=2",
+                            f"--output={tmp_path}/slurm-%j.out", script)
+    job = cluster.wait_finished(job_id, timeout=60)
+    log = (tmp_path / f"slurm-{job_id}.out").read_text()
+    assert job["JobState"] == "COMPLETED", (job, log)
+    assert log.strip().splitlines()[-1] == "(0, 0, 1)", log
