@@ -160,6 +160,13 @@ def parse_args(argv=None):
                              "pairs are read as they are)")
     parser.add_argument("--do_train", action="store_true", help="accepted for compatibility")
     parser.add_argument("--use_env", action="store_true", help="accepted for compatibility")
+    for flag in ("--profile", "--disable_jit_fusions", "--cuda_graphs"):
+        parser.add_argument(flag, action="store_true", help="accepted for compatibility")
+    parser.add_argument("--profile-start", type=int, default=0,
+                        help="accepted for compatibility")
+    parser.add_argument("--no_dense_sequence_output", action="store_true",
+                        help="accepted for compatibility: the masked-LM head always reads "
+                             "the masked positions only")
     utils.add_common_args(parser)
     return parser.parse_args(argv)
 
@@ -214,6 +221,11 @@ def find_start(args):
             raise FileExistsError(f"--output_dir {args.output_dir} already holds checkpoints "
                                   f"({existing[0].name}, ...): pass --resume_from_checkpoint "
                                   f"to continue, or choose another directory")
+        if args.phase2 and not args.init_checkpoint:
+            raise FileNotFoundError(
+                "--phase2 without --resume_from_checkpoint or --init_checkpoint would start "
+                "from random weights: pass --resume_from_checkpoint with phase 1's "
+                "--output_dir, or --init_checkpoint")
         return None, "weights" if args.init_checkpoint else "scratch"
     path, state = (chosen_checkpoint(args, existing) if args.resume_step >= 0
                    else utils.load_latest_checkpoint(args.output_dir))

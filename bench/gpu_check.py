@@ -74,7 +74,7 @@ import numpy as np  # noqa: E402
 import run_pretraining  # noqa: E402
 import run_squad  # noqa: E402
 import torch  # noqa: E402
-from model import BertConfig, BertForQuestionAnswering  # noqa: E402
+from model import BertConfig, BertForPreTraining, BertForQuestionAnswering  # noqa: E402
 from tokenization import BasicTokenizer  # noqa: E402
 
 SAMPLE_TEXT = REPO / "data" / "sample" / "sample_text.txt"
@@ -332,6 +332,16 @@ def logged_steps(dllogger_file):
     return steps
 
 
+def phase2_args(check, config_name):
+    """Phase 2 starts from weights (run_pretraining refuses random ones): phase 1 writes no
+    checkpoint here, so random weights saved once stand in for its last one."""
+    path = check.work / "phase2_init.pt"
+    if not path.exists():
+        model = BertForPreTraining(BertConfig.from_json_file(check.config_path(config_name)))
+        torch.save({"model": model.state_dict()}, path)
+    return ["--phase2", "--init_checkpoint", str(path)]
+
+
 def pretraining(precision, phase):
     """A section: BERT pre-training steps of one phase in one precision."""
     def section(check):
@@ -346,7 +356,7 @@ def pretraining(precision, phase):
             "--train_batch_size", str(batch), "--learning_rate", "6e-3" if phase == 1 else "4e-3",
             "--warmup_proportion", "0.2843", "--max_steps", "7038", "--steps_this_run",
             str(steps), "--skip_checkpoint", "--log_freq", "1", "--disable_progress_bar",
-            f"--{precision}", *(["--phase2"] if phase == 2 else []),
+            f"--{precision}", *(phase2_args(check, settings.config) if phase == 2 else []),
             *(["--no_cuda"] if settings.no_cuda else [])])
         result = run_pretraining.main(args)
         logged = logged_steps(output_dir / "dllogger.json")

@@ -148,6 +148,9 @@ def test_phase2_with_nothing_to_continue_from_is_refused(shards, tmp_path):
     with pytest.raises(FileNotFoundError, match="phase 2 would start from random weights"):
         run_pretraining.main(args_for(*shards, tmp_path, "--phase2", "--resume_from_checkpoint",
                                       "--phase1_end_step", 8))
+    with pytest.raises(FileNotFoundError, match="--phase2 without --resume_from_checkpoint or "
+                                                "--init_checkpoint would start from random"):
+        run_pretraining.main(args_for(*shards, tmp_path, "--phase2", "--phase1_end_step", 8))
     assert not list(tmp_path.glob("ckpt_*"))
 
 
@@ -469,7 +472,9 @@ def test_resume_step_picks_a_checkpoint_and_refuses_newer_ones_beside_it(shards,
 def test_nvidia_style_arguments(shards, tmp_path):
     """Counts given as floats, the first dynamic loss scale, and compatibility flags."""
     args = args_for(*shards, tmp_path, "--log_freq", "2.0", "--fp16", "--init_loss_scale", 1024,
-                    "--max_steps", 1, "--resume_phase2", "--num_train_epochs", 1)
+                    "--max_steps", 1, "--resume_phase2", "--num_train_epochs", 1,
+                    "--profile", "--profile-start", 0, "--disable_jit_fusions", "--cuda_graphs",
+                    "--no_dense_sequence_output")
     assert args.log_freq == 2
     run_pretraining.main(args)
     assert torch.load(tmp_path / "ckpt_1.pt", weights_only=True)["grad_scaler"]["scale"] in (
