@@ -200,8 +200,7 @@ def train(model, dataset, args, distributed, metrics):
     accumulation = args.gradient_accumulation_steps
     sampler, loader = training_loader(dataset, args, distributed)
     micro_batch = loader.batch_size
-    total_steps = (int(args.max_steps) if args.max_steps > 0
-                   else math.ceil(len(loader) // accumulation * args.num_train_epochs))
+    total_steps = total_training_steps(args, len(loader) // accumulation)
 
     optimizer = make_adamw(param_groups(model, weight_decay=0.01), lr=args.learning_rate)
     scheduler = linear_warmup_schedule(optimizer, args.warmup_proportion, total_steps)
@@ -302,6 +301,21 @@ class StepAccounting:
     def last_loss(self):
         """The last step's loss (NVIDIA's final_loss), NaN before any step."""
         return self.step_loss.item() if self.step_loss is not None else math.nan
+
+
+def total_training_steps(args, steps_per_epoch):
+    """--max_steps when given (> 0), else --num_train_epochs' worth; an error naming the
+    flag when that is no step at all."""
+    if args.max_steps > 0:
+        if args.max_steps < 1:
+            raise ValueError(f"--max_steps {args.max_steps:g} is less than one step: pass a "
+                             "whole number of steps, or -1 to train for --num_train_epochs")
+        return int(args.max_steps)
+    steps = math.ceil(steps_per_epoch * args.num_train_epochs)
+    if steps < 1:
+        raise ValueError(f"--num_train_epochs {args.num_train_epochs:g} gives no training step "
+                         f"({steps_per_epoch} per epoch): pass a positive number of epochs")
+    return steps
 
 
 def training_loader(dataset, args, distributed):

@@ -6,7 +6,8 @@
 
 Prints the best answer; with --n_best_size N > 1 also the N best answers with their
 probabilities as JSON. A long context (or --context_file) is cut into overlapping windows
-exactly as run_squad.py does, and the answer decoding is run_squad's (squad.py).
+exactly as run_squad.py does, and the answer decoding is run_squad's (squad.py). Without
+--question and --context it answers a built-in sample question.
 
 Deliberate deviations from NVIDIA's inference.py: windows with --doc_stride instead of a
 single truncated window, run through the model 64 at a time; the SQuAD code is shared with
@@ -33,8 +34,8 @@ def add_question_args(parser):
     parser.add_argument("--bert_model", default="bert-large-uncased",
                         help="model name: selects lower-casing when --do_lower_case is not given")
     parser.add_argument("--do_lower_case", action=argparse.BooleanOptionalAction, default=None)
-    parser.add_argument("--question", required=True)
-    context = parser.add_mutually_exclusive_group(required=True)
+    parser.add_argument("--question", help="without it and a context: a built-in sample")
+    context = parser.add_mutually_exclusive_group()
     context.add_argument("--context", help="the text that holds the answer")
     context.add_argument("--context_file", help="a UTF-8 text file that holds the answer")
     parser.add_argument("--max_seq_length", type=int, default=384)
@@ -70,6 +71,24 @@ def parse_args(argv=None):
 
 UNKNOWN_SHARE_WARNING = 0.05  # more [UNK] than this: the vocabulary does not fit the text
 WINDOWS_PER_FORWARD = 64  # a long context's windows go through the model in chunks
+
+
+# Asked when no question is given, as NVIDIA's inference.py has a sample of its own.
+SAMPLE_QUESTION = "Which ocean does the Amazon River flow into?"
+SAMPLE_CONTEXT = ("The Amazon River in South America carries more water than any other river "
+                  "on Earth. It rises in the Andes mountains of Peru and flows east for about "
+                  "6,400 kilometres before it reaches the Atlantic Ocean.")
+
+
+def question_and_context(args):
+    """The question and its context: both given, or neither (the built-in sample)."""
+    has_context = args.context is not None or args.context_file is not None
+    if args.question is None and not has_context:
+        return SAMPLE_QUESTION, SAMPLE_CONTEXT
+    if args.question is None or not has_context:
+        raise ValueError("--question and --context (or --context_file) go together: pass "
+                         "both, or neither for the built-in sample question")
+    return args.question, read_context(args)
 
 
 def read_context(args):
@@ -141,7 +160,7 @@ def print_answer(best, nbest, n_best_size):
 
 def main(args):
     utils.setup_logging()
-    context = read_context(args)
+    question, context = question_and_context(args)
     finetuning.resolve_model_files(args)
     utils.check_precision_args(args)
     utils.set_matmul_precision(utils.precision_of(args))
@@ -150,7 +169,7 @@ def main(args):
     tokenizer = FullTokenizer(args.vocab_file, finetuning.do_lower_case(args))
     model = finetuning.load_model(BertForQuestionAnswering, args, device,
                                   will_train=False).eval()
-    best, nbest = answer(model, tokenizer, args.question, context, args, device)
+    best, nbest = answer(model, tokenizer, question, context, args, device)
     print_answer(best, nbest, args.n_best_size)
     return best, nbest
 

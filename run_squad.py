@@ -66,6 +66,7 @@ def parse_args(argv=None):
     parser.add_argument("--verbose_logging", action="store_true",
                         help="accepted for compatibility")
     parser.add_argument("--use_env", action="store_true", help="accepted for compatibility")
+    parser.add_argument("--profile", action="store_true", help="accepted for compatibility")
     finetuning.add_finetuning_args(parser, learning_rate=5e-5, epochs=3.0, batch_size=32)
     return parser.parse_args(argv)
 
@@ -97,6 +98,9 @@ def check_input_files(args):
         if used and not Path(path).is_file():
             raise FileNotFoundError(f"{flag} {path} does not exist or is not a file: pass the "
                                     f"path of {what}")
+    if args.do_eval and not args.version_2_with_negative:  # on every rank, before training
+        squad.check_v1_scorable(squad.load_squad_json(args.predict_file, "--predict_file"),
+                                f"--predict_file {args.predict_file}")
 
 
 # ----------------------------------------------------------------------------- training

@@ -766,6 +766,20 @@ def _questions(dataset_json, source):
     return checked
 
 
+def check_v1_scorable(dataset_json, source):
+    """v1.1 scores a prediction against the question's answers: a SQuAD 2.0 file's
+    unanswerable questions have none, and only --version_2_with_negative scores them."""
+    _refuse_unanswered(_questions(dataset_json, source), source)
+
+
+def _refuse_unanswered(questions, source):
+    unanswered = [qa["id"] for qa in questions if not qa["answers"]]
+    if unanswered:
+        raise ValueError(f"{source}: {len(unanswered)} questions have no answers (ids: "
+                         f"{_some(unanswered)}): is this a SQuAD 2.0 file? Score it with "
+                         "--version_2_with_negative")
+
+
 def _warn_missing(missing, total):
     if missing:
         logger.warning("%d of %d questions have no prediction and score 0 (ids: %s)",
@@ -780,9 +794,6 @@ def _evaluate_v1(questions, predictions):
             missing.append(qa["id"])
             continue
         truths = [answer["text"] for answer in qa["answers"]]
-        if not truths:
-            raise ValueError(f"question {qa['id']!r} has no answers: is this a SQuAD 2.0 file? "
-                             "Score it with --version_2_with_negative")
         prediction = predictions[qa["id"]]
         exact += max(exact_match_score(prediction, truth) for truth in truths)
         f1 += max(f1_score(prediction, truth) for truth in truths)
@@ -876,4 +887,5 @@ def evaluate(dataset_json, predictions, null_odds=None, version_2=False, na_prob
         raise ValueError("the dataset has no questions to evaluate")
     if version_2:
         return _evaluate_v2(questions, predictions, null_odds, na_prob_thresh)
+    _refuse_unanswered(questions, source)
     return _evaluate_v1(questions, predictions)

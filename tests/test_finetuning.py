@@ -86,7 +86,7 @@ def test_glue_overfits_one_batch(tiny_model_files, tmp_path):
 
 NVIDIA_ONLY_FLAGS = {  # what NVIDIA's wrappers and READMEs pass that changes nothing here
     run_squad: ["--output_dir", "out", "--do_eval", "--eval_script", "evaluate-v1.1.py",
-                "--verbose_logging", "--use_env"],
+                "--verbose_logging", "--use_env", "--profile"],
     run_glue: ["--output_dir", "out", "--task_name", "mrpc", "--data_dir", "glue",
                "--server_ip", "", "--server_port", "", "--local_rank", "0"],
     inference: ["--init_checkpoint", "qa.pt", "--question", "q", "--context", "c", "--seed",
@@ -191,6 +191,19 @@ def test_inference_context_file_errors_name_the_file(tiny_model_files, tmp_path)
             "--init_checkpoint", str(config.parent), "--config_file", str(config),
             "--vocab_file", str(vocab), "--question", "q?", "--context_file",
             str(tmp_path / "absent.txt")]))
+
+
+@pytest.mark.parametrize("given", [[], ["--question", "q?"], ["--context", "c."],
+                                   ["--context_file", "c.txt"]])
+def test_inference_takes_a_question_with_its_context_or_the_sample(given):
+    args = inference.parse_args(["--init_checkpoint", "qa.pt", *given])
+    if not given:  # NVIDIA's inference.py also answers a sample of its own
+        question, context = inference.question_and_context(args)
+        assert (question, context) == (inference.SAMPLE_QUESTION, inference.SAMPLE_CONTEXT)
+        return
+    with pytest.raises(ValueError, match="--question and --context \\(or --context_file\\) "
+                                         "go together"):
+        inference.question_and_context(args)
 
 
 @pytest.mark.slow

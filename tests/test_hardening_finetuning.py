@@ -331,6 +331,15 @@ def test_11_run_squad_finds_a_missing_or_malformed_predict_file_before_training(
                                   "--predict_file", absent))
 
 
+@pytest.mark.parametrize("flags, message", [
+    (["--max_steps", "0.5"], "--max_steps 0.5 is less than one step"),
+    (["--num_train_epochs", "0"], "--num_train_epochs 0 gives no training step")])
+def test_11_no_training_step_names_the_flag(model_files, tmp_path, flags, message):
+    config, vocab, _ = model_files
+    with pytest.raises(ValueError, match=message):
+        run_glue.main(glue_args(config, vocab, tmp_path, "--do_train", *flags))
+
+
 # ----------------------------------------------------------------------------- 12: positions
 
 @pytest.mark.parametrize("script", ["run_squad", "run_glue", "inference"])
@@ -416,6 +425,16 @@ def test_14_the_squad_v2_hint_names_the_flag(tmp_path):
             "--do_eval", "--predict_file", str(SQUAD_V2), "--predictions_file",
             str(predictions), "--output_dir", str(tmp_path)]))
     assert "version_2=True" not in str(error.value)
+
+
+def test_14_a_v2_file_to_score_as_v1_is_refused_before_training(model_files, tmp_path,
+                                                                no_training):
+    config, vocab, _ = model_files
+    with pytest.raises(ValueError, match=r"--predict_file .*tiny-v2.0.json: \d+ questions have "
+                                         r"no answers .*Score it with --version_2_with_negative"):
+        run_squad.main(squad_args(config, vocab, tmp_path / "out", "--do_train", "--do_predict",
+                                  "--do_eval", "--predict_file", SQUAD_V2, "--max_steps", 2))
+    assert not (tmp_path / "out").exists()  # nothing trained, nothing written
 
 
 # ----------------------------------------------------------------------------- GPU paths

@@ -122,13 +122,13 @@ class TritonQuestionAnswering:
 
 
 def main(args):
-    context = inference.read_context(args)
+    question, context = inference.question_and_context(args)
     tokenizer = FullTokenizer(args.vocab_file, do_lower_case(args))
     model = TritonQuestionAnswering(args.protocol, args.url, args.model_name,
                                     args.model_version)
     try:
         model.check_window(args.max_seq_length)
-        best, nbest = inference.answer(model, tokenizer, args.question, context, args,
+        best, nbest = inference.answer(model, tokenizer, question, context, args,
                                        torch.device("cpu"))
     finally:
         model.close()
