@@ -92,6 +92,8 @@ def start_run(args):
     """What both fine-tuning scripts do once their arguments are checked: processes, logging,
     seeds, the model's files, the tokenizer and the metrics file. Returns (distributed,
     tokenizer, metrics)."""
+    if args.do_train:
+        check_training_length(args)
     distributed = utils.init_distributed(args.no_cuda, utils.precision_of(args))
     utils.setup_logging(distributed.is_main)
     utils.seed_everything(args.seed, distributed.rank)
@@ -304,18 +306,20 @@ class StepAccounting:
 
 
 def total_training_steps(args, steps_per_epoch):
-    """--max_steps when given (> 0), else --num_train_epochs' worth; an error naming the
-    flag when that is no step at all."""
+    """--max_steps when given (> 0), else --num_train_epochs' worth (training_loader makes
+    steps_per_epoch at least 1, check_training_length the flags at least one step)."""
     if args.max_steps > 0:
-        if args.max_steps < 1:
-            raise ValueError(f"--max_steps {args.max_steps:g} is less than one step: pass a "
-                             "whole number of steps, or -1 to train for --num_train_epochs")
         return int(args.max_steps)
-    steps = math.ceil(steps_per_epoch * args.num_train_epochs)
-    if steps < 1:
-        raise ValueError(f"--num_train_epochs {args.num_train_epochs:g} gives no training step "
-                         f"({steps_per_epoch} per epoch): pass a positive number of epochs")
-    return steps
+    return math.ceil(steps_per_epoch * args.num_train_epochs)
+
+
+def check_training_length(args):
+    if 0 < args.max_steps < 1:
+        raise ValueError(f"--max_steps {args.max_steps:g} is less than one step: pass a "
+                         "whole number of steps, or -1 to train for --num_train_epochs")
+    if args.max_steps <= 0 and args.num_train_epochs <= 0:
+        raise ValueError(f"--num_train_epochs {args.num_train_epochs:g} gives no training "
+                         "step: pass a positive number of epochs (or --max_steps)")
 
 
 def training_loader(dataset, args, distributed):

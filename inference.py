@@ -14,6 +14,8 @@ single truncated window, run through the model 64 at a time; the SQuAD code is s
 run_squad.py, not pasted; --bf16, and --tf32 as in the training scripts (without a precision
 flag: true fp32). A binary or non-UTF-8 --context_file is an error naming it; a text of which
 more than 5% of the tokens are [UNK] is warned about (wrong --vocab_file or --do_lower_case).
+--question and --context go together: NVIDIA's fills either one from its sample (ours is
+its own), which answers a question about the wrong text.
 """
 
 import argparse
@@ -34,7 +36,8 @@ def add_question_args(parser):
     parser.add_argument("--bert_model", default="bert-large-uncased",
                         help="model name: selects lower-casing when --do_lower_case is not given")
     parser.add_argument("--do_lower_case", action=argparse.BooleanOptionalAction, default=None)
-    parser.add_argument("--question", help="without it and a context: a built-in sample")
+    parser.add_argument("--question", help="with --context or --context_file; leave all "
+                                           "three out for a built-in sample question")
     context = parser.add_mutually_exclusive_group()
     context.add_argument("--context", help="the text that holds the answer")
     context.add_argument("--context_file", help="a UTF-8 text file that holds the answer")

@@ -25,7 +25,8 @@ Deliberate deviations from NVIDIA's run_pretraining.py:
   --phase1_end_step in file names; a phase-2 checkpoint is resumed fully (NVIDIA's
   --resume_phase2 is implied). A phase-1 checkpoint in --output_dir past
   --phase1_end_step is refused (colliding numbers), and so, without --init_checkpoint, is
-  one before it (an unfinished phase 1).
+  one before it (an unfinished phase 1). Phase 2 with neither a checkpoint to continue from
+  nor --init_checkpoint is refused (NVIDIA's trains it from random weights).
 - Steps skipped by the fp16 loss scaler (overflow) do not count, as NVIDIA's "dynamic step";
   --max_skipped_steps (100) of them in a row stop the run with an error (a loss that never
   becomes finite would otherwise halve the scale to zero, skipping forever).
@@ -49,6 +50,9 @@ Deliberate deviations from NVIDIA's run_pretraining.py:
   the same N each time.
 - A loss that is not finite (outside fp16's skipped steps) stops the run with an error at
   the next log or checkpoint step, before any checkpoint of diverged weights is written.
+- NVIDIA's --profile, --profile-start, --cuda_graphs, --disable_jit_fusions and
+  --no_dense_sequence_output are accepted and change nothing (the masked-LM head always
+  reads the masked positions only; bench/bench_model.py --profile profiles a step).
 """
 
 import argparse

@@ -285,15 +285,22 @@ def _launcher_ranks():
     return None
 
 
-def check_srun_gave_an_address():
-    """srun running several tasks of this script without MASTER_ADDR (which run.sub sets):
-    each would train alone and write the same --output_dir. A job's batch script itself, a
-    step of one task, has Slurm's variables too and runs alone, as it should."""
-    tasks = int(os.environ.get("SLURM_STEP_NUM_TASKS", 1))
-    if tasks > 1:
-        raise ValueError(f"srun started {tasks} tasks, but MASTER_ADDR is not set, so they "
-                         "cannot find each other: export MASTER_ADDR (the first node, e.g. "
-                         "$(scontrol show hostnames | head -n1)) or submit run.sub")
+def check_alone_in_slurm():
+    """A process no launcher made a rank, inside a Slurm job. srun's tasks without
+    MASTER_ADDR (which run.sub sets) would each train alone into the same --output_dir: an
+    error. A process of a job of several tasks that srun did not start (no step variables:
+    the batch script, or another launcher) runs alone: a warning, in case it should not."""
+    env = os.environ
+    step_tasks = int(env.get("SLURM_STEP_NUM_TASKS", 1))
+    if step_tasks > 1:
+        raise ValueError(f"srun started {step_tasks} tasks, but MASTER_ADDR is not set, so "
+                         "they cannot find each other: export MASTER_ADDR (the first node, "
+                         "e.g. $(scontrol show hostnames | head -n1)) or submit run.sub")
+    job_tasks = int(env.get("SLURM_NTASKS", 1))
+    if "SLURM_STEP_NUM_TASKS" not in env and job_tasks > 1:
+        logger.warning("this process runs alone, outside the %d tasks of its Slurm job (srun "
+                       "did not start it): start the ranks with srun (run.sub) or torchrun "
+                       "to train on all of them", job_tasks)
 
 
 def _environment_ranks():
@@ -320,7 +327,7 @@ def init_distributed(no_cuda=False, precision="fp32", timeout_minutes=30):
     `timeout_minutes` instead of hanging forever."""
     launched = _launcher_ranks() is not None
     if not launched:
-        check_srun_gave_an_address()
+        check_alone_in_slurm()
     rank, local_rank, world_size = _environment_ranks()
     use_cuda = torch.cuda.is_available() and not no_cuda
     device = torch.device("cpu")

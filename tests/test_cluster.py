@@ -66,15 +66,20 @@ def test_slurm_ranks_are_read_when_srun_starts_the_processes(monkeypatch):
     assert utils._environment_ranks() == (0, 0, 1)
 
 
-def test_srun_tasks_without_an_address_are_refused_not_run_alone(monkeypatch):
+def test_srun_tasks_without_an_address_are_refused_not_run_alone(monkeypatch, caplog):
     for name in OUTER_RANKS:
         monkeypatch.delenv(name, raising=False)
     for name, value in dict(SLURM_PROCID=3, SLURM_NTASKS=16, SLURM_STEP_NUM_TASKS=16).items():
         monkeypatch.setenv(name, str(value))
     with pytest.raises(ValueError, match="srun started 16 tasks, but MASTER_ADDR is not set"):
         utils.init_distributed(no_cuda=True)
-    monkeypatch.setenv("SLURM_STEP_NUM_TASKS", "1")  # the batch script's own step
+    monkeypatch.setenv("SLURM_STEP_NUM_TASKS", "1")  # `srun -n1 python ...` in a larger job
     assert not utils.init_distributed(no_cuda=True).enabled
+    assert "runs alone" not in caplog.text
+    monkeypatch.delenv("SLURM_STEP_NUM_TASKS")  # the batch script itself, or another launcher
+    monkeypatch.setenv("MASTER_ADDR", "node1")
+    assert not utils.init_distributed(no_cuda=True).enabled
+    assert "runs alone, outside the 16 tasks of its Slurm job" in caplog.text
 
 
 # ----------------------------------------------------------------------------- arguments
@@ -376,6 +381,9 @@ def test_run_sub_refuses_an_unknown_precision(batch_node):
      "run.sub: node node1 has 8 GPUs in Slurm, but this job asked for none: submit with "
      "--gpus-per-node=8 (and --ntasks-per-node=8)"),
     (dict(FAKE_GRES="gpu:a100:4,gpu:v100:4,nic:2"), "has 8 GPUs in Slurm"),
+    (dict(FAKE_GRES="gpu:8", SLURM_TASKS_PER_NODE="1", GPUS_PER_NODE=1),  # a 1-GPU job
+     "has 8 GPUs in Slurm, but this job asked for none: submit with --gpus-per-node=1 (and "
+     "--ntasks-per-node=1)"),
     (dict(SLURM_TASKS_PER_NODE="8,4"),
      "run.sub: uneven tasks per node (SLURM_TASKS_PER_NODE=8,4): give --ntasks-per-node"),
     (dict(GPUS_PER_NODE="eight"), "run.sub: GPUS_PER_NODE must be a number of GPUs, not 'eight'"),
@@ -392,6 +400,9 @@ def test_a_job_without_one_task_per_gpu_is_refused_before_it_starts(batch_node, 
     dict(FAKE_GPUS=8),                                        # GPUs visible, not in Slurm
     dict(FAKE_GRES="gpu:8", SLURM_GPUS_ON_NODE=8),            # GRES, asked for
     dict(FAKE_GPUS=8, SLURM_TASKS_PER_NODE="2", GPUS_PER_NODE=0),   # a CPU run on purpose
+    dict(FAKE_GRES="gpu:8", SLURM_TASKS_PER_NODE="2", GPUS_PER_NODE=0),  # also under GRES
+    dict(FAKE_GRES="gpu:8", SLURM_GPUS_ON_NODE=1, SLURM_TASKS_PER_NODE="1",
+         GPUS_PER_NODE=1),                                    # a 1-GPU job, asked for
     dict(SLURM_TASKS_PER_NODE="2(x2)"),                       # no GPUs at all
 ])
 def test_one_task_per_gpu_or_a_cpu_job_starts(batch_node, variables):

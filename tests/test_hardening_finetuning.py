@@ -333,8 +333,10 @@ def test_11_run_squad_finds_a_missing_or_malformed_predict_file_before_training(
 
 @pytest.mark.parametrize("flags, message", [
     (["--max_steps", "0.5"], "--max_steps 0.5 is less than one step"),
-    (["--num_train_epochs", "0"], "--num_train_epochs 0 gives no training step")])
-def test_11_no_training_step_names_the_flag(model_files, tmp_path, flags, message):
+    (["--num_train_epochs", "0"], "--num_train_epochs 0 gives no training step"),
+    (["--num_train_epochs", "-1"], "--num_train_epochs -1 gives no training step")])
+def test_11_no_training_step_names_the_flag(model_files, tmp_path, flags, message,
+                                            no_training):
     config, vocab, _ = model_files
     with pytest.raises(ValueError, match=message):
         run_glue.main(glue_args(config, vocab, tmp_path, "--do_train", *flags))
