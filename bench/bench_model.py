@@ -154,6 +154,17 @@ rows; the same command, 3 runs):
   ceiling 358-400 GFLOP/s): small 2.28x (1.60x-2.41x), 68% of the ceiling, with LAMB 2.14x
   and LAMB 11% of the step; recipe 0.844 s/step, 75.8 sequences/s, 68%, 5.61x, without
   dropout 79.3 sequences/s, 71%.
+Measured a seventh time (2026-12-05 morning, a slow machine: bf16 ceiling 357-422 GFLOP/s,
+the model's own 384- and 1536-wide products at 385-430 in a side check; `python
+bench/bench_model.py --bf16 --no_fp32`, 3 runs; no model or optimizer change since):
+- recipe bf16: ours 0.848 s/step, 75.5 sequences/s, 72% (66%-72%) of the ceiling, 5.69x
+  transformers; without dropout 79.2 sequences/s, 75%.
+- small bf16: 2.35x (2.32x-2.82x), 74%; with LAMB 2.19x, LAMB 11% of the step.
+- base bf16: 1.86x (1.76x-1.89x), 88% of 422 GFLOP/s; with LAMB 1.71x, 86%, LAMB's share
+  8% (8%-9%) against a floor of 6%.
+  The unpadded token count (809 of 1,024 here) is no multiple of AMX's tiles, but a side
+  check found no tail cost: 384x809 by 809x384 ran at 404-408 GFLOP/s, 384x832 by 832x384
+  at 406-407.
 With --reuse_freed_memory (glibc keeps large freed blocks, as the entry scripts set it on
 the CPU; the same hour, bf16 rows only), both sides stop faulting in the pages of every
 step's tensors over 32 MB, transformers more (its logits cover every token): recipe ours
