@@ -14,9 +14,9 @@ Deliberate deviations from NVIDIA's run_glue.py: see finetuning.py (optimizer, c
 batch sizes) and glue.py (all nine tasks, metrics without sklearn). Evaluation runs on rank 0
 only, as NVIDIA's; --eval_batch_size defaults to 64 rather than 8. --do_predict labels the
 test set (NVIDIA's labels the dev set again, which --do_eval already does here), for a GLUE
-submission; metrics go to eval_results.json (JSON), not NVIDIA's results.txt. --output_dir and every
-file the chosen modes read (train.tsv, the dev and test files) are checked before any work:
-they are all read before training.
+submission; metrics go to eval_results.json (JSON), not NVIDIA's results.txt. --output_dir
+and every file the chosen modes read (train.tsv, the dev and test files) are checked before
+any work: they are all read before training.
 """
 
 import argparse

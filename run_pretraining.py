@@ -162,9 +162,8 @@ def parse_args(argv=None):
                         help="masked-LM loss only, as RoBERTa pre-trains (the next-sentence "
                              "head stays in the checkpoint, untrained; the shards' sentence "
                              "pairs are read as they are)")
-    parser.add_argument("--do_train", action="store_true", help="accepted for compatibility")
-    parser.add_argument("--use_env", action="store_true", help="accepted for compatibility")
-    for flag in ("--profile", "--disable_jit_fusions", "--cuda_graphs"):
+    for flag in ("--do_train", "--use_env", "--profile", "--disable_jit_fusions",
+                 "--cuda_graphs"):
         parser.add_argument(flag, action="store_true", help="accepted for compatibility")
     parser.add_argument("--profile-start", type=int, default=0,
                         help="accepted for compatibility")

@@ -12,8 +12,9 @@ forward pass is replaced: the windows go to the server in batches of at most the
 max_batch_size, with the input dtype the model declares.
 
 Deliberate deviations from NVIDIA's run_squad_client.py: one question from the command line
-(or --context_file; neither: inference.py's sample) rather than a SQuAD file; the answer decoding is squad.py's, not a copy;
-bad input (a binary --context_file, say) prints one `error:` line, as every entry script.
+(or --context_file; neither: inference.py's sample) rather than a SQuAD file; the answer
+decoding is squad.py's, not a copy; bad input (a binary --context_file, say) prints one
+`error:` line, as every entry script.
 """
 
 import argparse
