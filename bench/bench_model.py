@@ -167,11 +167,30 @@ bench/bench_model.py --bf16 --no_fp32`, 3 runs; no model or optimizer change sin
   The unpadded token count (809 of 1,024 here) is no multiple of AMX's tiles, but a side
   check found no tail cost: 384x809 by 809x384 ran at 404-408 GFLOP/s, 384x832 by 832x384
   at 406-407.
+Measured an eighth time (2026-12-05 midday, as slow: bf16 ceiling 328-416 GFLOP/s; each
+config and precision now in a fresh process; `python bench/bench_model.py --bf16`, 3 runs,
+twice; no model or optimizer change since the seventh), the first table and the second:
+- recipe bf16: ours 76.6 and 71.8 sequences/s, 72% and 76% of the ceiling, 4.49x and 4.88x
+  transformers; without dropout 76% and 81%. fp32: 66% and 65%, 2.64x and 3.26x.
+- small bf16: 2.81x (2.78x-2.93x) and 2.74x (2.73x-2.96x), 66% and 65%; with LAMB 2.63x
+  and 2.55x, LAMB 12% and 11.4% of the step. fp32: 2.03x and 1.99x.
+- base bf16: 2.40x (2.05x-2.84x) and 2.14x (1.99x-2.30x), 86% and 77%; with LAMB's share of
+  the step 10% (9%-11%) and 9.3% (8.9%-9.4%), its floor 5% and 3.2%. fp32: 1.75x and 1.68x.
+  In the same hour, two tables of the earlier design (one process for everything) gave small
+  2.23x (2.18x-2.75x) and 2.17x (2.14x-2.57x): there transformers' small step took 0.64-0.66
+  s in the runs after BERT-base's rows and 0.74-0.84 s before them, and 0.80-0.91 s in
+  processes that timed small alone; ours 0.28-0.34 s throughout (see
+  measure_in_fresh_process). Those tables' BERT-base: 2.05x and 1.88x, 88% and 85%.
+  All goals of issue 12 hold in each fresh-process table; on the fast day of the fifth and
+  sixth measurements (ceiling 1,079-1,534 GFLOP/s) BERT-base's share (33%-46%) and LAMB's
+  (16%-17%) did not: there the matrix products take a third of the time, and LAMB's memory
+  floor alone is 10-11% of the step.
 With --reuse_freed_memory (glibc keeps large freed blocks, as the entry scripts set it on
-the CPU; the same hour, bf16 rows only), both sides stop faulting in the pages of every
-step's tensors over 32 MB, transformers more (its logits cover every token): recipe ours
-56.7 sequences/s, 64%, 5.20x; small 2.06x, 59%; base ours 1.818 s/step against 2.363
-without, transformers 2.786 against 4.611, so 1.49x, 79%, and LAMB 10% (7%-10%).
+the CPU; the evening of the fourth measurement, bf16 rows only), both sides stop faulting
+in the pages of every step's tensors over 32 MB, transformers more (its logits cover every
+token): recipe ours 56.7 sequences/s, 64%, 5.20x; small 2.06x, 59%; base ours 1.818 s/step
+against 2.363 without, transformers 2.786 against 4.611, so 1.49x, 79%, and LAMB 10%
+(7%-10%).
 The ceiling moves with the machine's load (352-391 GFLOP/s in bf16 one day, 549-753 the
 next, against 737 for a 1024x1024x4096 bf16 product on a quiet day), which is why each run
 measures its own and the shares of two days do not compare. The LAMB floor column is
