@@ -41,7 +41,7 @@ table gives the median over runs and, in brackets, the lowest and highest. This 
 shared and noisy: compare the ratios of one table, not tables.
 
 Run from the repository root:
-    python bench/bench_model.py --bf16                    # fp32 and bf16 rows, ~15 min
+    python bench/bench_model.py --bf16                    # fp32 and bf16 rows, ~20 min
     python bench/bench_model.py --configs recipe --bf16 --runs 1 --steps 2   # quick check
     python bench/bench_model.py --configs base --bf16 --profile   # top ops of ours' step
 
