@@ -175,16 +175,18 @@ twice; no model or optimizer change since the seventh), the first table and the 
 - small bf16: 2.81x (2.78x-2.93x) and 2.74x (2.73x-2.96x), 66% and 65%; with LAMB 2.63x
   and 2.55x, LAMB 12% and 11.4% of the step. fp32: 2.03x and 1.99x.
 - base bf16: 2.40x (2.05x-2.84x) and 2.14x (1.99x-2.30x), 86% and 77%; with LAMB's share of
-  the step 10% (9%-11%) and 9.3% (8.9%-9.4%), its floor 5% and 3.2%. fp32: 1.75x and 1.68x.
-  In the same hour, two tables of the earlier design (one process for everything) gave small
-  2.23x (2.18x-2.75x) and 2.17x (2.14x-2.57x): there transformers' small step took 0.64-0.66
-  s in the runs after BERT-base's rows and 0.74-0.84 s before them, and 0.80-0.91 s in
-  processes that timed small alone; ours 0.28-0.34 s throughout (see
+  the step 10% (9%-11%; that table printed it without decimals) and 9.3% (8.9%-9.4%), its
+  floor 5% and 3.2%. fp32: 1.75x and 1.68x.
+  In the hour before, two tables of the earlier design (one process for everything) gave
+  small 2.23x (2.18x-2.75x) and 2.17x (2.14x-2.57x): there transformers' small step took
+  0.64-0.66 s in the runs after BERT-base's rows and 0.74-0.84 s before them, and 0.80-0.91
+  s in processes that timed small alone; ours 0.28-0.34 s throughout (see
   measure_in_fresh_process). Those tables' BERT-base: 2.05x and 1.88x, 88% and 85%.
-  All goals of issue 12 hold in each fresh-process table; on the fast day of the fifth and
-  sixth measurements (ceiling 1,079-1,534 GFLOP/s) BERT-base's share (33%-46%) and LAMB's
-  (16%-17%) did not: there the matrix products take a third of the time, and LAMB's memory
-  floor alone is 10-11% of the step.
+  All goals of issue 12 hold in the second fresh-process table, and in the first but for
+  LAMB's share, at the 10% bound. On the fast day of the fifth and sixth measurements
+  (ceiling 1,079-1,534 GFLOP/s) BERT-base's share (33%-46%) and LAMB's (16%-17%) missed
+  them: there the matrix products take a third to a half of the step, and LAMB's memory
+  floor alone is 10-11% of it.
 With --reuse_freed_memory (glibc keeps large freed blocks, as the entry scripts set it on
 the CPU; the evening of the fourth measurement, bf16 rows only), both sides stop faulting
 in the pages of every step's tensors over 32 MB, transformers more (its logits cover every
@@ -285,8 +287,9 @@ def parse_args(argv=None):
     if args.max_seq_length < 8:
         parser.error(f"--max_seq_length must be at least 8 to hold two segments, "
                      f"got {args.max_seq_length}")
-    if args.warmup < 0 or (args.steps is not None and args.steps < 1):
-        parser.error("--warmup must be >= 0 and --steps >= 1")
+    if args.warmup < 1 or (args.steps is not None and args.steps < 1):
+        parser.error("--warmup and --steps must be at least 1 (every measurement's process "
+                     "compiles its kernels in its first step)")
     if args.no_fp32 and not args.bf16:
         parser.error("--no_fp32 leaves nothing to time without --bf16")
     return args
@@ -573,12 +576,7 @@ def one_run(name, twins, batch, precision, args):
 def benchmark(args):
     """{(config, precision): [run results]} over args.runs runs, configs and precisions
     interleaved run by run, each measured in a fresh process (`measure_in_fresh_process`)."""
-    setups = {}
-    for name in args.configs:
-        ours, theirs = build_twins(name, args.seed)
-        batch = config_batch(name, ours.config, args)
-        check_initial_losses(name, ours, theirs, batch)
-        setups[name] = (ours.config, sum(p.numel() for p in ours.parameters()), batch)
+    setups = {name: checked_setup(name, args) for name in args.configs}
     precisions = ([] if args.no_fp32 else ["fp32"]) + (["bf16"] if args.bf16 else [])
     results = {(name, precision): [] for name in args.configs for precision in precisions}
     for run in range(args.runs):
@@ -593,24 +591,37 @@ def benchmark(args):
     return setups, results
 
 
+def checked_setup(name, args):
+    """(config, parameter count, batch) of a config, once its twins pass the parity check;
+    the twins themselves are dropped (each measurement builds its own)."""
+    ours, theirs = build_twins(name, args.seed)
+    batch = config_batch(name, ours.config, args)
+    check_initial_losses(name, ours, theirs, batch)
+    return ours.config, sum(p.numel() for p in ours.parameters()), batch
+
+
 def config_batch(name, config, args):
+    """The config's batch, the same in every process (its own generator, seeded)."""
     return make_batch(config.vocab_size, BATCH_SIZE[name], args.max_seq_length,
                       torch.Generator().manual_seed(args.seed), full_rows=name == "recipe")
 
 
 def measure_in_fresh_process(name, precision, args):
     """one_run of a config at a precision in a new process, as a user trains one model per
-    process. Sharing one, memory that earlier measurements freed stays in glibc's heap,
-    its pages faulted in, and serves the next ones' allocations: transformers' 6-layer/384
-    bf16 step took 0.64-0.66 s in a process that had run the BERT-base rows before and
-    0.74-0.91 s in one that had not (2026-12-05), ours 0.28-0.34 s either way."""
+    process. Sharing one, transformers' 6-layer/384 bf16 step took 0.64-0.66 s in a process
+    that had run the BERT-base rows before and 0.74-0.91 s in one that had not (2026-12-05),
+    ours 0.28-0.34 s either way; likely memory that the earlier measurements freed, its
+    pages already faulted in, serving the next ones' allocations (fixing glibc's mmap
+    threshold at its 32 MB ceiling did not speed up a process that timed small alone)."""
     context = multiprocessing.get_context("spawn")  # a fork would inherit the heap
     with concurrent.futures.ProcessPoolExecutor(1, mp_context=context) as pool:
         return pool.submit(measure, name, precision, args).result()
 
 
 def measure(name, precision, args):
-    """one_run from scratch: the twins and the batch built again from the seed."""
+    """one_run from scratch: the twins and the batch built again from the seed, with the
+    threads and malloc setting asked for (a spawned process starts with torch's and glibc's
+    defaults)."""
     torch.set_num_threads(args.threads)
     if args.reuse_freed_memory:
         utils.reuse_freed_memory()
