@@ -439,9 +439,9 @@ def theirs_loss(model, batch):
 
 
 def make_contenders(name, ours, theirs, precision, batch):
-    """{implementation: Contender}, fresh optimizers, copies of the twins' weights; the
-    recipe's trainers are set up for the batch's shape."""
-    ours, theirs = copy.deepcopy(ours), copy.deepcopy(theirs)
+    """{implementation: Contender} with fresh optimizers, training the twins themselves
+    (each process builds its own, for one run) and copies of ours where a row needs its own;
+    the recipe's trainers are set up for the batch's shape."""
     lamb = dict(weight_decay=0.01)
     if name == "recipe":
         return {"ours": RecipeTrainer(ours, precision, batch),
