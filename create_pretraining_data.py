@@ -57,7 +57,7 @@ import h5py
 import numpy as np
 
 import utils
-from masking import apply_masks, choose_masked_positions
+from masking import apply_masks, choose_masked_positions, subword_flags
 from tokenization import (FullTokenizer, binary_content, load_vocab, lower_case_for_model,
                           warn_on_casing_mismatch)
 from utils import Progress, atomic_path, logger, setup_logging
@@ -395,7 +395,7 @@ def mask_pairs(flat, pairs, options, vocab, is_subword, np_rng):
                                                [vocab["[CLS]"], vocab["[SEP]"]], is_subword,
                                                np_rng)
     masked_lm_ids = apply_masks(input_ids, positions, valid, options, vocab["[MASK]"],
-                                len(vocab), np_rng)
+                                len(is_subword), np_rng)
     return Batch(input_ids, input_mask, segment_ids, positions.astype(np.int32),
                  masked_lm_ids, pairs[:, 4].astype(np.int8))
 
@@ -411,7 +411,7 @@ def write_shard(flat, pairs, options, path, np_rng):
     """Masks and writes the pairs in blocks, atomically; no timestamps, so equal data gives
     equal bytes. Returns (tokens, masked tokens)."""
     vocab = _tokenizer_for(options).vocab
-    is_subword = np.array([token.startswith("##") for token in vocab], dtype=bool)
+    is_subword = subword_flags(vocab)
     n, tokens, masked = len(pairs), 0, 0
     widths = {"input_ids": options.max_seq_length, "input_mask": options.max_seq_length,
               "segment_ids": options.max_seq_length,

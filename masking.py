@@ -30,6 +30,14 @@ class MaskingOptions:
     whole_word_masking: bool = False
 
 
+def subword_flags(vocab):
+    """is_subword[id]: whether the token of that id continues a word (##...), indexed by id
+    (the vocabulary file's line), which a file with a repeated line leaves unused."""
+    flags = np.zeros(max(vocab.values()) + 1, dtype=bool)
+    flags[[i for token, i in vocab.items() if token.startswith("##")]] = True
+    return flags
+
+
 def choose_masked_positions(input_ids, input_mask, options, special_ids, is_subword, np_rng):
     """Per row, min(max_predictions, max(1, round(length * masked_lm_prob))) positions chosen
     uniformly among non-special tokens (whole words together if asked); sorted, with a
@@ -137,10 +145,10 @@ class DynamicMasking:
             raise ValueError(f"--dynamic_masking: the vocabulary lacks {absent}")
         self.masked_lm_prob, self.whole_word_masking = masked_lm_prob, whole_word_masking
         self.seed = seed
-        self.vocab_size = len(vocab)
         self.mask_id = vocab["[MASK]"]
         self.special_ids = [vocab["[CLS]"], vocab["[SEP]"]]
-        self.is_subword = np.array([token.startswith("##") for token in vocab], dtype=bool)
+        self.is_subword = subword_flags(vocab)
+        self.vocab_size = len(self.is_subword)
 
     def __call__(self, arrays, epoch, instance_ids):
         """arrays: the six HDF5 datasets of some rows (left unchanged); returns new

@@ -86,6 +86,7 @@ from tokenization import load_vocab
 from utils import logger
 
 PREEMPTED_EXIT_STATUS = 75  # os.EX_TEMPFAIL: saved after a signal, not finished
+DEFAULT_MASKED_LM_PROB = 0.15  # BERT's, as create_pretraining_data.py's default
 
 
 def parse_args(argv=None):
@@ -151,8 +152,9 @@ def parse_args(argv=None):
     parser.add_argument("--dynamic_masking", action="store_true",
                         help="draw new masks each time an instance is served (HDF5 shards; "
                              "needs --vocab_file), instead of the masks stored in the shards")
-    parser.add_argument("--masked_lm_prob", type=float, default=0.15,
-                        help="--dynamic_masking: share of each sequence's tokens masked")
+    parser.add_argument("--masked_lm_prob", type=float, default=None,
+                        help=f"--dynamic_masking: share of each sequence's tokens masked "
+                             f"(default {DEFAULT_MASKED_LM_PROB})")
     parser.add_argument("--whole_word_masking", action="store_true",
                         help="--dynamic_masking: mask whole words (all their word pieces)")
     parser.add_argument("--no_dropout", action="store_true",
@@ -174,6 +176,22 @@ def parse_args(argv=None):
     return parser.parse_args(argv)
 
 
+def resolve_masking_args(args):
+    """--masked_lm_prob (its default filled in here) and --whole_word_masking choose how
+    --dynamic_masking masks; without it the shards' stored masks are read, so either flag
+    would be silently ignored: an error."""
+    given = [flag for flag, value in (("--masked_lm_prob", args.masked_lm_prob is not None),
+                                      ("--whole_word_masking", args.whole_word_masking)) if value]
+    if given and not args.dynamic_masking:
+        raise ValueError(f"{' and '.join(given)} only apply with --dynamic_masking: without "
+                         "it the masks stored in the shards are used (create_pretraining_data.py "
+                         "takes these flags for them)")
+    if args.masked_lm_prob is None:
+        args.masked_lm_prob = DEFAULT_MASKED_LM_PROB
+    if not 0.0 < args.masked_lm_prob < 1.0:
+        raise ValueError(f"--masked_lm_prob must be in (0, 1), got {args.masked_lm_prob}")
+
+
 def check_args(args):
     utils.check_precision_args(args)
     if args.train_batch_size % args.gradient_accumulation_steps:
@@ -192,8 +210,7 @@ def check_args(args):
     if args.poly_degree < 0:
         raise ValueError(f"--poly_degree must be 0 (a constant lr) or more, got "
                          f"{args.poly_degree}")
-    if not 0.0 < args.masked_lm_prob < 1.0:
-        raise ValueError(f"--masked_lm_prob must be in (0, 1), got {args.masked_lm_prob}")
+    resolve_masking_args(args)
     if args.allreduce_post_accumulation_fp16 and not args.fp16:
         raise ValueError("--allreduce_post_accumulation_fp16 needs --fp16: without a loss "
                          "scaler, gradients compressed to fp16 may underflow or overflow")

@@ -625,12 +625,18 @@ def list_checkpoints(output_dir, first_number=0):
 
 
 def save_checkpoint(state, path, keep=3, first_number=0):
-    """Writes state atomically, then deletes all but the `keep` newest checkpoints numbered
-    first_number or later (an earlier phase's checkpoints stay); keep=0 keeps all."""
+    """Writes state atomically to ckpt_<N>.pt, then deletes all but the `keep` newest
+    checkpoints numbered from first_number (an earlier phase's checkpoints stay) to N;
+    keep=0 keeps all. A higher number than N can only be a file that the resume skipped as
+    unreadable: it is left for this run to overwrite, and counting it would delete the
+    checkpoints this run writes."""
     with atomic_path(path) as temporary:
         torch.save(state, temporary)
     if keep > 0:
-        for old in list_checkpoints(Path(path).parent, first_number)[keep:]:
+        number = checkpoint_number(path)
+        older = [old for old in list_checkpoints(Path(path).parent, first_number)
+                 if checkpoint_number(old) <= number]
+        for old in older[keep:]:
             old.unlink(missing_ok=True)
 
 

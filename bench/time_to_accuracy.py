@@ -501,7 +501,6 @@ def pretraining_arguments(args, data, config_file, init, output, max_steps, chec
                  "--output_dir", str(output), "--init_checkpoint", str(init),
                  "--vocab_file", str(args.vocab_file), "--max_seq_length", str(SEQ),
                  "--max_predictions_per_seq", str(training_predictions(args)),
-                 "--masked_lm_prob", str(args.masked_lm_prob),
                  "--train_batch_size", str(args.batch_size),
                  "--learning_rate", str(args.learning_rate),
                  "--warmup_proportion", str(args.warmup_proportion),
@@ -510,7 +509,7 @@ def pretraining_arguments(args, data, config_file, init, output, max_steps, chec
                  str(checkpoint_every), "--keep_checkpoints", "0", "--seed", str(args.seed),
                  "--pad_vocab_to_multiple_of", "1", "--log_freq", "1", "--disable_progress_bar"]
     if args.dynamic_masking:
-        arguments.append("--dynamic_masking")
+        arguments += ["--dynamic_masking", "--masked_lm_prob", str(args.masked_lm_prob)]
     if not args.nsp:
         arguments.append("--no_nsp")
     if precision == "bf16":

@@ -79,6 +79,10 @@ def test_resume_skips_unreadable_checkpoints_naming_each_and_why(shards, tmp_pat
         line = next(line for line in caplog.text.splitlines() if name in line)
         assert "skipping unreadable checkpoint" in line and reason in line, line
     assert "weights_only" not in caplog.text
+    # The unreadable higher numbers do not count towards the newest three that are kept,
+    # or the run's own checkpoints would be deleted as it writes them.
+    assert utils.load_latest_checkpoint(tmp_path)[0].name == "ckpt_3.pt"
+    assert {"ckpt_2.pt", *reasons} <= {p.name for p in tmp_path.glob("ckpt_*.pt")}
 
 
 def test_an_unreadable_init_checkpoint_is_a_clear_error(shards, tmp_path):

@@ -120,3 +120,30 @@ def test_pretraining_with_dynamic_masks_resumes_exactly(shards, tmp_path):
 def test_dynamic_masking_needs_the_vocabulary(shards, tmp_path):
     with pytest.raises(ValueError, match="--dynamic_masking needs --vocab_file"):
         run_pretraining.main(args_for(*shards, tmp_path, "--dynamic_masking"))
+
+
+@pytest.mark.parametrize("flags", [["--whole_word_masking"], ["--masked_lm_prob", "0.2"]])
+def test_masking_flags_without_dynamic_masking_are_an_error(shards, tmp_path, flags):
+    # The shards' stored masks would be used and the flag silently ignored.
+    with pytest.raises(ValueError, match=f"{flags[0]} only apply with --dynamic_masking"):
+        run_pretraining.main(args_for(*shards, tmp_path, *flags))
+
+
+def test_a_repeated_vocabulary_line_leaves_whole_word_masking_working(instances):
+    # Ids are line numbers: a token on a second line takes that line's id, past the number
+    # of distinct tokens, and leaves its first line's id unused.
+    data, ids = instances
+    vocab = dict(sorted(ids.items(), key=lambda item: item[1]))
+    first_word = int(data["input_ids"][0, 1])  # after [CLS]
+    repeated = next(token for token, i in vocab.items() if i == first_word)
+    vocab[repeated] = max(ids.values()) + 1
+    data = {**data, "input_ids": np.where(data["input_ids"] == first_word, vocab[repeated],
+                                          data["input_ids"]),
+            "masked_lm_ids": np.where(data["masked_lm_ids"] == first_word, vocab[repeated],
+                                      data["masked_lm_ids"])}
+    remasked = DynamicMasking(vocab, 0.15, True, 5)(data, 0, np.arange(len(data["input_ids"])))
+    assert (original_tokens(remasked) == original_tokens(data)).all()
+    tokens_by_id = ["[unused]"] * (max(vocab.values()) + 1)
+    for token, i in vocab.items():
+        tokens_by_id[i] = token
+    assert_whole_words_masked(remasked, tokens_by_id)
