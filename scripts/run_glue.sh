@@ -52,12 +52,12 @@ args=(--task_name "$task_name" --data_dir "$data_dir" --init_checkpoint "$init_c
       --learning_rate "$learning_rate" --warmup_proportion "$warmup_proportion"
       --num_train_epochs "$epochs" --max_steps "$max_steps" --json-summary "$out_dir/dllogger.json")
 set_precision_flags "$precision"
-args+=("${PRECISION_FLAGS[@]}")
+args+=(${PRECISION_FLAGS[@]+"${PRECISION_FLAGS[@]}"})
 [[ "$mode" == *train* ]] && args+=(--do_train)
 [[ "$mode" == *eval* ]] && args+=(--do_eval)
 [[ "$mode" == *prediction* ]] && args+=(--do_predict)
 read -r -a extra <<< "${EXTRA_ARGS:-}"
-args+=("${extra[@]}")
+args+=(${extra[@]+"${extra[@]}"})
 
 problems=()
 problem() { problems+=("$*"); }
@@ -70,7 +70,7 @@ problem() { problems+=("$*"); }
 gpus=$(python -c "import torch; print(torch.cuda.device_count())")
 [ "$num_gpus" -le "$(( gpus > 0 ? gpus : 1 ))" ] || problem "num_gpus (argument 7) is $num_gpus," \
   "but this machine has $gpus GPUs: pass $(( gpus > 0 ? gpus : 1 )) (one process per GPU; 1 on a machine without one)"
-for text in "${problems[@]}"; do echo "run_glue.sh: error: $text" >&2; done
+for text in ${problems[@]+"${problems[@]}"}; do echo "run_glue.sh: error: $text" >&2; done
 [ "${#problems[@]}" = 0 ] || exit 2
 
 launch=(python)

@@ -95,13 +95,13 @@ if [ "$num_gpus" -gt "$(( gpus > 0 ? gpus : 1 ))" ]; then
   problem "num_gpus (argument 4) is $num_gpus, but this machine has $gpus GPUs: pass" \
           "$(( gpus > 0 ? gpus : 1 )) (one process per GPU; 1 on a machine without one)"
 fi
-for text in "${problems[@]}"; do echo "run_pretraining.sh: error: $text" >&2; done
+for text in ${problems[@]+"${problems[@]}"}; do echo "run_pretraining.sh: error: $text" >&2; done
 [ "${#problems[@]}" = 0 ] || exit 2
 mkdir -p "$CHECKPOINTS_DIR" "$RESULTS_DIR"
 [ "$accumulate_gradients" = true ] || { gradient_accumulation_steps=1; gradient_accumulation_steps_phase2=1; }
 common=(--config_file "$BERT_CONFIG" --output_dir "$CHECKPOINTS_DIR" --seed "$seed"
         --num_steps_per_checkpoint "$save_checkpoint_steps" --bert_model bert-large-uncased
-        --json-summary "$RESULTS_DIR/dllogger.json" --disable_progress_bar "${PRECISION_FLAGS[@]}")
+        --json-summary "$RESULTS_DIR/dllogger.json" --disable_progress_bar ${PRECISION_FLAGS[@]+"${PRECISION_FLAGS[@]}"})
 [ -n "${VOCAB_FILE:-}" ] && common+=(--vocab_file "$VOCAB_FILE")
 [ "$allreduce_post_accumulation" = true ] && common+=(--allreduce_post_accumulation)
 [ "$allreduce_post_accumulation_fp16" = true ] && [ "$precision" = fp16 ] && common+=(--allreduce_post_accumulation_fp16)
@@ -113,7 +113,7 @@ phase1=("${launch[@]}" --input_dir "$DATA_DIR_PHASE1" "${common[@]}"
         --max_seq_length "${SEQ_LENGTH_PHASE1:-128}" --max_predictions_per_seq "${MAX_PREDICTIONS_PHASE1:-20}"
         --train_batch_size "$train_batch_size" --learning_rate "$learning_rate"
         --warmup_proportion "$warmup_proportion" --max_steps "$train_steps"
-        --gradient_accumulation_steps "$gradient_accumulation_steps" "${extra[@]}")
+        --gradient_accumulation_steps "$gradient_accumulation_steps" ${extra[@]+"${extra[@]}"})
 [ "$resume_training" = true ] && phase1+=(--resume_from_checkpoint)
 [ "$init_checkpoint" != None ] && phase1+=(--init_checkpoint "$init_checkpoint")
 
@@ -122,7 +122,7 @@ phase2=("${launch[@]}" --input_dir "$DATA_DIR_PHASE2" "${common[@]}" --phase2
         --max_seq_length "${SEQ_LENGTH_PHASE2:-512}" --max_predictions_per_seq "${MAX_PREDICTIONS_PHASE2:-80}"
         --train_batch_size "$train_batch_size_phase2" --learning_rate "$learning_rate_phase2"
         --warmup_proportion "$warmup_proportion_phase2" --max_steps "$train_steps_phase2"
-        --gradient_accumulation_steps "$gradient_accumulation_steps_phase2" "${extra[@]}")
+        --gradient_accumulation_steps "$gradient_accumulation_steps_phase2" ${extra[@]+"${extra[@]}"})
 
 log=/dev/null
 [ "$create_logfile" = true ] && log="$RESULTS_DIR/$job_name.log"

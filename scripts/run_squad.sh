@@ -24,7 +24,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 read -r -a extra <<< "${EXTRA_ARGS:-}"
 version=v1.1
-for flag in "${extra[@]}"; do [ "$flag" = --version_2_with_negative ] && version=v2.0; done
+for flag in ${extra[@]+"${extra[@]}"}; do [ "$flag" = --version_2_with_negative ] && version=v2.0; done
 # shellcheck source=scripts/wrapper_common.sh
 source scripts/wrapper_common.sh
 data=${BERT_PREP_WORKING_DIR:-data}
@@ -47,14 +47,14 @@ args=(--init_checkpoint "$init_checkpoint" --vocab_file "$vocab_file" --config_f
       --bert_model bert-large-uncased --do_lower_case --max_seq_length 384 --doc_stride 128
       --output_dir "$out_dir" --seed "$seed" --json-summary "$out_dir/dllogger.json")
 set_precision_flags "$precision"
-args+=("${PRECISION_FLAGS[@]}")
+args+=(${PRECISION_FLAGS[@]+"${PRECISION_FLAGS[@]}"})
 [[ "$mode" == *train* ]] && args+=(--do_train --train_file "$squad_dir/train-$version.json"
   --train_batch_size "$batch_size" --learning_rate "$learning_rate"
   --num_train_epochs "$epochs" --max_steps "$max_steps")
 [[ "$mode" == *eval* || "$mode" == *prediction* ]] && args+=(--do_predict
   --predict_file "$squad_dir/dev-$version.json" --predict_batch_size "$batch_size")
 [[ "$mode" == *eval* ]] && args+=(--do_eval)
-args+=("${extra[@]}")
+args+=(${extra[@]+"${extra[@]}"})
 
 problems=()
 problem() { problems+=("$*"); }
@@ -69,7 +69,7 @@ problem() { problems+=("$*"); }
 gpus=$(python -c "import torch; print(torch.cuda.device_count())")
 [ "$num_gpus" -le "$(( gpus > 0 ? gpus : 1 ))" ] || problem "num_gpus (argument 6) is $num_gpus," \
   "but this machine has $gpus GPUs: pass $(( gpus > 0 ? gpus : 1 )) (one process per GPU; 1 on a machine without one)"
-for text in "${problems[@]}"; do echo "run_squad.sh: error: $text" >&2; done
+for text in ${problems[@]+"${problems[@]}"}; do echo "run_squad.sh: error: $text" >&2; done
 [ "${#problems[@]}" = 0 ] || exit 2
 
 launch=(python)

@@ -1,5 +1,7 @@
 # shellcheck shell=bash
 # Sourced by the wrappers run_pretraining.sh, run_squad.sh and run_glue.sh.
+# ${a[@]+"${a[@]}"} expands a possibly empty array: under set -u bash before 4.4 (RHEL/CentOS 7
+# ship 4.2) calls an empty "${a[@]}" an unbound variable.
 
 # glibc's thread cache keeps the slivers that torch's aligned allocations split off, so a
 # freed large block is not reused and each step faults in fresh pages (see

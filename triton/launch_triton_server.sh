@@ -18,6 +18,8 @@
 # TRITON_VENV (triton/.venv), TRITON_SERVER (docker | bundled: which server, whatever the
 # machine has; default docker when an engine answers and no model uses the python backend).
 set -euo pipefail
+# ${a[@]+"${a[@]}"} expands a possibly empty array: under set -u bash before 4.4 (RHEL/CentOS 7
+# ship 4.2) calls an empty "${a[@]}" an unbound variable.
 repository_arg=${1:-}  # a relative path is the caller's, resolved before the cd below
 [ -z "$repository_arg" ] || repository_arg=$(realpath -m "$repository_arg")
 cd "$(dirname "$0")/.."
@@ -56,7 +58,7 @@ esac
 if [ "$server" = docker ]; then
   gpu_flags=()
   [ "$gpus" = none ] || gpu_flags=(--gpus "$gpus")
-  cmd=(docker run --rm "${gpu_flags[@]}" --shm-size=1g --ulimit memlock=-1
+  cmd=(docker run --rm ${gpu_flags[@]+"${gpu_flags[@]}"} --shm-size=1g --ulimit memlock=-1
        -p "$host:$http_port:8000" -p "$host:$grpc_port:8001" -p "$host:$metrics_port:8002"
        -v "$model_repository:/models:ro" "$image"
        tritonserver --model-repository=/models --exit-timeout-secs=10)
