@@ -116,6 +116,9 @@ def main(args):
                                         distributed, metrics))
         if distributed.is_main:
             finetuning.save_model(model, args)
+    # Prediction is rank 0's alone: waiting for it at the group's last barrier, the other
+    # ranks would time out (30 minutes) on a long one, and torchrun would stop rank 0 too.
+    utils.end_distributed(distributed)
     if distributed.is_main and args.do_eval:
         results.update(evaluate(model, examples["dev"], processor, args, tokenizer,
                                 distributed.device))
@@ -125,7 +128,6 @@ def main(args):
         finetuning.write_json(f"{args.output_dir}/eval_results.json", results)
         metrics.log((), finetuning.with_nvidia_summary_names(results))
     metrics.close()
-    utils.end_distributed(distributed)
     return results
 
 

@@ -296,6 +296,9 @@ def main(args):
         results.update(finetuning.train(model, dataset, args, distributed, metrics))
         if distributed.is_main:
             finetuning.save_model(model, args)
+    # Prediction is rank 0's alone: waiting for it at the group's last barrier, the other
+    # ranks would time out (30 minutes) on a long one, and torchrun would stop rank 0 too.
+    utils.end_distributed(distributed)
     if args.do_predict and distributed.is_main:
         predictions, null_odds, timing = predict_answers(model, predict_examples, args,
                                                          tokenizer, distributed.device)
@@ -304,7 +307,6 @@ def main(args):
             results.update(score(args, predictions, null_odds))
     metrics.log((), finetuning.with_nvidia_summary_names(results))
     metrics.close()
-    utils.end_distributed(distributed)
     return results
 
 

@@ -9,11 +9,13 @@ from pathlib import Path
 
 import pytest
 import torch
+import torch.multiprocessing as mp
 
 import inference
 import run_glue
 import run_squad
 from conftest import REPO, write_vocab
+from test_hardening_finetuning import free_port
 from model import BertConfig, BertForSequenceClassification, BertModel
 from tokenization import FullTokenizer
 
@@ -217,6 +219,32 @@ def test_glue_wrapper_runs_on_one_cpu_process(tiny_model_files, tmp_path):
                    env={**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"})
     results = json.loads((tmp_path / "out" / "eval_results.json").read_text())
     assert results["train_steps"] == 2 and "f1" in results
+
+
+def glue_rank(rank, port, config, vocab, output_dir):
+    """One of two gloo ranks fine-tuning MRPC; rank 0 records whether it still belongs to
+    the process group when it evaluates."""
+    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2",
+                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    evaluate = run_glue.evaluate
+
+    def recording_evaluate(*args, **kwargs):
+        (Path(output_dir) / "grouped_at_eval").write_text(
+            str(torch.distributed.is_initialized()))
+        return evaluate(*args, **kwargs)
+    run_glue.evaluate = recording_evaluate
+    run_glue.main(glue_args(config, vocab, output_dir, "--do_train", "--do_eval",
+                            "--max_steps", 1))
+
+
+@pytest.mark.slow
+def test_ranks_leave_the_group_before_rank_0_evaluates(tiny_model_files, tmp_path):
+    # The other ranks would otherwise wait for rank 0's evaluation at the last barrier,
+    # which times out on a long one (SQuAD's dev set on CPUs) and takes rank 0 down too.
+    mp.spawn(glue_rank, args=(free_port(), *map(str, tiny_model_files), str(tmp_path)),
+             nprocs=2, join=True)
+    assert (tmp_path / "grouped_at_eval").read_text() == "False"
+    assert "acc" in json.loads((tmp_path / "eval_results.json").read_text())
 
 
 def alarm_after(seconds):
