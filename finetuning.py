@@ -69,7 +69,9 @@ def add_finetuning_args(parser, learning_rate, epochs, batch_size):
                         help="WordPiece vocabulary (default: vocab.txt in a Hugging Face "
                              "--init_checkpoint directory)")
     parser.add_argument("--do_lower_case", action=argparse.BooleanOptionalAction,
-                        default=None, help="lower-case input (default: from --bert_model)")
+                        default=None, help="lower-case input (default: as an --init_checkpoint "
+                                           "directory's tokenizer_config.json says, else "
+                                           "from --bert_model)")
     parser.add_argument("--output_dir", required=True)
     parser.add_argument("--train_batch_size", type=int, default=batch_size,
                         help="sequences per process per optimizer step")
@@ -119,9 +121,41 @@ def resolve_model_files(args):
 
 
 def do_lower_case(args):
+    """--do_lower_case when given; else the casing that an --init_checkpoint directory
+    records (tokenizer_config.json, as export_huggingface and transformers write it); else
+    the one --bert_model's name implies."""
     if args.do_lower_case is not None:
         return args.do_lower_case
+    recorded = recorded_lower_case(getattr(args, "init_checkpoint", None))
+    if recorded is not None:
+        return recorded
     return lower_case_for_model(args.bert_model) is not False
+
+
+def checkpoint_label_names(init_checkpoint):
+    """A checkpoint directory's classifier label names (config.json's id2label, in id
+    order); None without them."""
+    path = Path(init_checkpoint) / "config.json" if init_checkpoint else None
+    if path is None or not path.is_file():
+        return None
+    id2label = utils.read_json_object(path, "--init_checkpoint's config").get("id2label")
+    if not isinstance(id2label, dict):
+        return None
+    try:
+        return [str(id2label[key]) for key in sorted(id2label, key=int)]
+    except ValueError:
+        raise ValueError(f"{path}: id2label's keys must be label ids, got "
+                         f"{sorted(id2label)}") from None
+
+
+def recorded_lower_case(init_checkpoint):
+    """do_lower_case of a checkpoint directory's tokenizer_config.json; None without one."""
+    path = Path(init_checkpoint) / "tokenizer_config.json" if init_checkpoint else None
+    if path is None or not path.is_file():
+        return None
+    recorded = utils.read_json_object(path, "--init_checkpoint's tokenizer config").get(
+        "do_lower_case")
+    return recorded if isinstance(recorded, bool) else None
 
 
 def load_model(model_class, args, device, will_train, **kwargs):
@@ -180,8 +214,10 @@ def _round_up(value, multiple):
     return -(-value // multiple) * multiple
 
 
-def save_model(model, args):
-    """<output_dir>/pytorch_model.bin ({'model': state_dict}) and config.json, atomically."""
+def save_model(model, args, label_names=None):
+    """<output_dir>/pytorch_model.bin ({'model': state_dict}) and config.json, atomically;
+    with --export_huggingface also a Hugging Face directory (a classifier's rows named
+    label_names)."""
     if args.skip_checkpoint:
         return
     output_dir = Path(args.output_dir)
@@ -190,7 +226,7 @@ def save_model(model, args):
     model.config.to_json_file(output_dir / "config.json")
     if args.export_huggingface:
         export_huggingface(model, args.vocab_file, output_dir / "huggingface",
-                           do_lower_case(args))
+                           do_lower_case(args), label_names)
     logger.info("saved the fine-tuned model to %s", output_dir)
 
 

@@ -35,7 +35,9 @@ def add_question_args(parser):
     triton/run_squad_client.py, which sends the same windows to a Triton server."""
     parser.add_argument("--bert_model", default="bert-large-uncased",
                         help="model name: selects lower-casing when --do_lower_case is not given")
-    parser.add_argument("--do_lower_case", action=argparse.BooleanOptionalAction, default=None)
+    parser.add_argument("--do_lower_case", action=argparse.BooleanOptionalAction, default=None,
+                        help="lower-case input (default: as an --init_checkpoint directory's "
+                             "tokenizer_config.json says, else from --bert_model)")
     parser.add_argument("--question", help="with --context or --context_file; leave all "
                                            "three out for a built-in sample question")
     context = parser.add_mutually_exclusive_group()

@@ -945,11 +945,12 @@ def load_checkpoint(model, path, strict=True):
     return missing, unexpected
 
 
-def export_huggingface(model, vocab_file, output_dir, do_lower_case=True):
+def export_huggingface(model, vocab_file, output_dir, do_lower_case=True, label_names=None):
     """Writes a directory that `transformers` loads with from_pretrained: config.json,
     model.safetensors (padding rows and tied aliases dropped), vocab.txt and
-    tokenizer_config.json (the casing: AutoTokenizer lower-cases without it). Atomic: the
-    directory appears complete or not at all, readable as the umask allows."""
+    tokenizer_config.json (the casing: AutoTokenizer lower-cases without it). A classifier's
+    rows are named label_names (id2label; LABEL_<i> without them). Atomic: the directory
+    appears complete or not at all, readable as the umask allows."""
     from safetensors.torch import save_file
     config = model.config
     state_dict = {}
@@ -964,8 +965,9 @@ def export_huggingface(model, vocab_file, output_dir, do_lower_case=True):
     hf_config.update(model_type="bert", architectures=[type(model).__name__])
     if isinstance(model, BertForSequenceClassification):
         hf_config["num_labels"] = model.num_labels
-        hf_config["id2label"] = {str(i): f"LABEL_{i}" for i in range(model.num_labels)}
-        hf_config["label2id"] = {f"LABEL_{i}": i for i in range(model.num_labels)}
+        names = label_names or [f"LABEL_{i}" for i in range(model.num_labels)]
+        hf_config["id2label"] = dict(enumerate(names))
+        hf_config["label2id"] = {name: i for i, name in enumerate(names)}
 
     output_dir = Path(output_dir)
     output_dir.parent.mkdir(parents=True, exist_ok=True)

@@ -21,6 +21,8 @@ any work: they are all read before training.
 
 import argparse
 
+import torch
+
 import finetuning
 import glue
 import utils
@@ -55,6 +57,25 @@ def read_examples(processor, args):
                "dev": (args.do_eval, processor.get_dev_examples),
                "test": (args.do_predict, processor.get_test_examples)}
     return {split: read(args.data_dir) for split, (wanted, read) in readers.items() if wanted}
+
+
+def match_label_order(model, checkpoint_labels, labels):
+    """Puts the classifier's rows in the task's label order where the checkpoint names
+    the same labels in another order: transformers' MNLI models order entailment, neutral,
+    contradiction, glue.py (as NVIDIA's) contradiction, entailment, neutral. Other names
+    (LABEL_0, ..., or words for SST-2's 0 and 1) say nothing about the order: kept."""
+    if not checkpoint_labels or len(checkpoint_labels) != len(labels):
+        return
+    named = [name.lower() for name in checkpoint_labels]
+    wanted = [label.lower() for label in labels]
+    if sorted(named) != sorted(wanted) or named == wanted:
+        return
+    rows = [named.index(label) for label in wanted]
+    with torch.no_grad():
+        for tensor in (model.classifier.weight, model.classifier.bias):
+            tensor.copy_(tensor[rows])
+    utils.logger.info("the checkpoint's classifier rows are %s; reordered to the task's %s",
+                      checkpoint_labels, labels)
 
 
 def features(examples, processor, args, tokenizer):
@@ -108,6 +129,8 @@ def main(args):
     distributed, tokenizer, metrics = finetuning.start_run(args)
     model = finetuning.load_model(BertForSequenceClassification, args, distributed.device,
                                   will_train=args.do_train, num_labels=processor.num_labels)
+    match_label_order(model, finetuning.checkpoint_label_names(args.init_checkpoint),
+                      processor.get_labels())
 
     results = {}
     if args.do_train:
@@ -115,7 +138,7 @@ def main(args):
         results.update(finetuning.train(model, finetuning.named_dataset(tensors), args,
                                         distributed, metrics))
         if distributed.is_main:
-            finetuning.save_model(model, args)
+            finetuning.save_model(model, args, processor.get_labels())
     # Prediction is rank 0's alone: waiting for it at the group's last barrier, the other
     # ranks would time out (30 minutes) on a long one, and torchrun would stop rank 0 too.
     utils.end_distributed(distributed)

@@ -250,28 +250,25 @@ def score(args, predictions, null_odds):
     return metrics
 
 
-def read_json_object(path, values, what):
+def read_question_map(path, values, what):
     """A JSON file holding {question id: value of type `values`}, or an error naming it."""
-    try:
-        content = json.loads(Path(path).read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as e:
-        raise ValueError(f"{what} {path}: {e}") from None
-    if not isinstance(content, dict) or not all(isinstance(v, values) and not isinstance(v, bool)
-                                                for v in content.values()):
-        raise ValueError(f"{what} {path}: expected a JSON object of question id to "
-                         f"{values.__name__ if isinstance(values, type) else 'number'} "
-                         "(the official predictions format)")
+    expected = (f"a JSON object of question id to "
+                f"{values.__name__ if isinstance(values, type) else 'number'} (the official "
+                "predictions format)")
+    content = utils.read_json_object(path, what, expected)
+    if not all(isinstance(v, values) and not isinstance(v, bool) for v in content.values()):
+        raise ValueError(f"{what} {path}: expected {expected}")
     return content
 
 
 def score_predictions_file(args):
     """--do_eval --predictions_file: no model, just the scores of an existing file (and, for
     SQuAD 2.0, of the null_odds.json beside it when there is one)."""
-    predictions = read_json_object(args.predictions_file, str, "--predictions_file")
+    predictions = read_question_map(args.predictions_file, str, "--predictions_file")
     null_odds = None
     odds_file = Path(args.predictions_file).with_name("null_odds.json")
     if args.version_2_with_negative and odds_file.is_file():
-        null_odds = read_json_object(odds_file, (int, float), "null odds file")
+        null_odds = read_question_map(odds_file, (int, float), "null odds file")
     return score(args, predictions, null_odds)
 
 

@@ -126,6 +126,19 @@ def read_utf8_text(path, what):
                          "iconv -f LATIN1 -t UTF-8) or pass the right file") from None
 
 
+def read_json_object(path, what, expected="a JSON object"):
+    """The JSON object (a dict) in the file at `path`, or an error naming `what`, the file
+    and what was `expected`."""
+    try:
+        content = json.loads(read_utf8_text(path, what))
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{what} {path}: not valid JSON ({error})") from None
+    if not isinstance(content, dict):
+        raise ValueError(f"{what} {path}: expected {expected}, got a "
+                         f"{type(content).__name__}")
+    return content
+
+
 def _line_of(data, offset):
     return data.count(b"\n", 0, offset) + 1
 

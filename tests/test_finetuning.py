@@ -11,12 +11,14 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
+import finetuning
+import glue
 import inference
 import run_glue
 import run_squad
 from conftest import REPO, write_vocab
+from model import BertConfig, BertForSequenceClassification, BertModel, export_huggingface
 from test_hardening_finetuning import free_port
-from model import BertConfig, BertForSequenceClassification, BertModel
 from tokenization import FullTokenizer
 
 FIXTURES = REPO / "tests" / "fixtures"
@@ -425,3 +427,43 @@ def test_squad_wrapper_trains_predicts_and_scores_on_one_cpu_process(tiny_model_
     summary = (tmp_path / "out" / "dllogger.json").read_text()
     assert '"train_steps": 2' in summary and '"exact_match"' in summary
     assert json.loads((tmp_path / "out" / "predictions.json").read_text())
+
+
+def test_a_checkpoint_naming_its_labels_in_another_order_predicts_the_same_names(
+        tiny_model_files, tmp_path):
+    # transformers' MNLI models order entailment, neutral, contradiction; glue.py does not.
+    config, vocab = tiny_model_files
+    model = BertForSequenceClassification(BertConfig.from_json_file(config), num_labels=3)
+    ours = glue.get_processor("mnli").get_labels()
+    theirs = ["entailment", "neutral", "contradiction"]
+    export_huggingface(model, vocab, tmp_path / "ours", label_names=ours)
+    with torch.no_grad():
+        for tensor in (model.classifier.weight, model.classifier.bias):
+            tensor.copy_(tensor[[ours.index(name) for name in theirs]])
+    export_huggingface(model, vocab, tmp_path / "theirs", label_names=theirs)
+    assert json.loads((tmp_path / "theirs" / "config.json").read_text())["id2label"] == {
+        "0": "entailment", "1": "neutral", "2": "contradiction"}
+    predicted = {}
+    for name in ("ours", "theirs"):
+        run_glue.main(run_glue.parse_args([
+            "--task_name", "mnli", "--data_dir", str(FIXTURES / "glue" / "MNLI"),
+            "--init_checkpoint", str(tmp_path / name), "--output_dir", str(tmp_path / name / "out"),
+            "--do_eval", "--max_seq_length", "32", "--disable_progress_bar"]))
+        predicted[name] = json.loads((tmp_path / name / "out" / "dev_predictions.json").read_text())
+    assert predicted["ours"] == predicted["theirs"]
+
+
+def test_casing_follows_the_tokenizer_config_of_a_checkpoint_directory(tiny_model_files,
+                                                                        tmp_path):
+    config, vocab = tiny_model_files
+    model = BertForSequenceClassification(BertConfig.from_json_file(config), num_labels=2)
+    folder = export_huggingface(model, vocab, tmp_path / "cased", do_lower_case=False)
+    assert finetuning.do_lower_case(glue_args(config, vocab, tmp_path)) is True  # --bert_model's
+    assert finetuning.do_lower_case(glue_args(config, vocab, tmp_path,
+                                              "--init_checkpoint", folder)) is False
+    assert finetuning.do_lower_case(glue_args(config, vocab, tmp_path, "--init_checkpoint",
+                                              folder, "--do_lower_case")) is True
+    (folder / "tokenizer_config.json").write_text("[true]")
+    with pytest.raises(ValueError, match="tokenizer config .*tokenizer_config.json: expected a "
+                                         "JSON object, got a list"):
+        finetuning.do_lower_case(glue_args(config, vocab, tmp_path, "--init_checkpoint", folder))
