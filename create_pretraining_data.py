@@ -178,17 +178,18 @@ def check_text_files(files):
 
 def _whole_character_blocks(path):
     """(offset, bytes) blocks of about CHECK_BLOCK_BYTES, none ending inside a UTF-8
-    character (cut at a block's edge, it would count as bad bytes)."""
+    character (cut at a block's edge, it would count as bad bytes) but the last: a file
+    cut inside one (`head -c`) ends with its bytes, a few bad bytes among the block's."""
     offset, carry = 0, b""
     with open(path, "rb") as f:
-        while block := f.read(CHECK_BLOCK_BYTES):
-            block = carry + block
-            cut = _end_of_last_whole_character(block)
-            block, carry = block[:cut], block[cut:]
-            yield offset, block
-            offset += len(block)
-    if carry:
-        yield offset, carry
+        block = f.read(CHECK_BLOCK_BYTES)
+        while block:
+            data = carry + block
+            block = f.read(CHECK_BLOCK_BYTES)
+            cut = _end_of_last_whole_character(data) if block else len(data)
+            data, carry = data[:cut], data[cut:]
+            yield offset, data
+            offset += len(data)
 
 
 def _end_of_last_whole_character(data):

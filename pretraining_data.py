@@ -77,6 +77,11 @@ def find_input_files(input_dir):
         return "hdf5", hdf5
     # LDDL names binned (phase 2) shards shard-<i>.parquet_<bin>.
     parquet = sorted(p for p in folder.rglob("*") if re.search(r"\.parquet(_\d+)?$", p.name))
+    folders = sorted({str(p.parent) for p in parquet})
+    if len(folders) > 1:  # LDDL reads one folder's (phase 1's beside phase 2's, say)
+        raise ValueError(f"--input_dir {input_dir} holds LDDL .parquet shards in "
+                         f"{len(folders)} folders ({', '.join(folders[:3])}"
+                         f"{', ...' if len(folders) > 3 else ''}): pass the one to train on")
     if parquet:
         return "parquet", parquet
     raise FileNotFoundError(f"--input_dir {input_dir} holds no .hdf5 files (from "

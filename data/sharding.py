@@ -104,9 +104,10 @@ def _cached_splitter(method):
 
 
 def read_articles(input_files):
-    """Non-empty lines of the input files, in order."""
+    """Non-empty lines of the input files, in order; bytes that are not UTF-8 read as
+    U+FFFD, as create_pretraining_data.py reads them."""
     for path in input_files:
-        with open(path, encoding="utf-8") as f:
+        with open(path, encoding="utf-8", errors="replace") as f:
             for line in f:
                 line = line.strip()
                 if line:
@@ -151,6 +152,28 @@ class ShardWriter:
                              f"shards; no shard was written")
 
 
+OPEN_FILES_MARGIN = 64  # the interpreter's own files, a worker pool's pipes, the log
+
+
+def allow_open_files(shards):
+    """Every shard file stays open while the corpus streams past: raises this process's
+    soft limit on open files (often 1,024) to fit them, up to the hard limit, and says
+    before any work when even that is too low."""
+    try:
+        import resource
+    except ImportError:  # not a Unix system: no such limit to raise
+        return
+    needed = shards + OPEN_FILES_MARGIN
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY or soft >= needed:
+        return
+    if hard != resource.RLIM_INFINITY and hard < needed:
+        raise ValueError(f"{shards} shard files are written at once, which needs {needed} "
+                         f"open files, but this process may open at most {hard} (ulimit -Hn): "
+                         "ask for fewer shards, or raise the limit")
+    resource.setrlimit(resource.RLIMIT_NOFILE, (needed, hard))
+
+
 def shard_paths(output_dir, dataset, split, count):
     return [Path(output_dir) / f"{dataset}_{split}_{i}.txt" for i in range(count)]
 
@@ -165,6 +188,7 @@ def shard_articles(input_files, output_dir, dataset, n_training_shards, n_test_s
         raise ValueError(f"--fraction_test_set must be in [0, 1), got {fraction_test_set}")
     if fraction_test_set > 0 and n_test_shards < 1:
         raise ValueError(f"--fraction_test_set {fraction_test_set} needs --n_test_shards >= 1")
+    allow_open_files(n_training_shards + (n_test_shards if fraction_test_set > 0 else 0))
     splitter = _cached_splitter(segmentation_method)
     logger.info("sentence splitter: %s", "NLTK punkt" if splitter is not
                 split_sentences_by_rules else "rules (NLTK punkt not available or not chosen)")

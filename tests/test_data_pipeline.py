@@ -8,6 +8,8 @@ import http.server
 import io
 import os
 import socket
+import subprocess
+import sys
 import tarfile
 import threading
 import time
@@ -17,7 +19,7 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from conftest import SAMPLE, write_vocab
+from conftest import REPO, SAMPLE, write_vocab
 from data import bertPrep, downloader, sharding, text_formatting
 from data.fetch import DownloadError, UnsafeArchiveError, extract_archive, fetch
 from pretraining_data import ShardLimits, read_shard
@@ -374,3 +376,25 @@ def test_create_hdf5_files_names_the_missing_vocabulary(tmp_path):
                                 "--working_dir", str(tmp_path)])
     with pytest.raises(FileNotFoundError, match="uncased_L-24_H-1024_A-16/vocab.txt"):
         bertPrep.main(args)
+
+
+def shard_under_open_file_limits(articles, folder, soft, hard, shards):
+    """shard_articles in a process whose open-file limits are (soft, hard)."""
+    path, _ = articles
+    code = ("import resource; "
+            f"resource.setrlimit(resource.RLIMIT_NOFILE, ({soft}, {hard})); "
+            "from data import sharding; "
+            f"sharding.shard_articles([{str(path)!r}], {str(folder)!r}, 's', {shards}, 0, 0.0, "
+            "'rules')")
+    return subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True,
+                          text=True, timeout=120)
+
+
+def test_sharding_raises_its_open_file_limit_to_hold_every_shard(articles, tmp_path):
+    done = shard_under_open_file_limits(articles, tmp_path / "raised", 12, 200, 13)
+    assert done.returncode == 0, done.stderr
+    assert len(list((tmp_path / "raised").glob("s_training_*.txt"))) == 13
+    refused = shard_under_open_file_limits(articles, tmp_path / "refused", 40, 60, 12)
+    assert "12 shard files are written at once, which needs 76 open files, but this process " \
+           "may open at most 60 (ulimit -Hn)" in refused.stderr
+    assert not (tmp_path / "refused").exists() or not any((tmp_path / "refused").iterdir())

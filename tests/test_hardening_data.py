@@ -314,3 +314,7 @@ def test_a_character_cut_by_the_check_blocks_edge_is_no_bad_byte(tmp_path, monke
     text.write_bytes(b"a" * 63 + b"\xff\xfe\xfd" * 30 + b"\n")
     with pytest.raises(ValueError, match="are not UTF-8"):
         cpd.check_text_files([text])
+    # A file cut inside its last character (head -c) is text with one bad character.
+    for start in (b"", "déjà vu €\n".encode() * 100):
+        text.write_bytes(start + b"Some sentence about the caf\xc3")
+        cpd.check_text_files([text])

@@ -241,3 +241,12 @@ def test_lddl_batches_with_num_workers_0(corpus, unbinned, tmp_path):
         assert batch.keys() == reference.keys()
         for name, tensor in batch.items():
             assert torch.equal(tensor, reference[name]), name
+
+
+def test_shards_in_several_folders_are_refused_by_name(unbinned, binned):
+    # LDDL would read one folder while the checks counted both (phase 2 beside phase 1).
+    parent = unbinned.parents[2]
+    assert binned.parents[2] == parent
+    with pytest.raises(ValueError, match=f"--input_dir {parent} holds LDDL .parquet shards in "
+                                         "2 folders .*: pass the one to train on"):
+        find_input_files(parent)
