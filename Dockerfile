@@ -16,8 +16,11 @@ WORKDIR /workspace/bert
 # dropped rather than letting pip replace it. dllogger is not needed (utils.MetricLogger
 # writes its format).
 COPY requirements.txt .
+# LDDL's loader reads NVIDIA's current Parquet shards; its pinned dependencies do not
+# install on recent Pythons, so it comes without them (pyarrow is what it needs).
 RUN grep -v '^torch' requirements.txt > /tmp/requirements.txt \
  && pip install --no-cache-dir -r /tmp/requirements.txt \
+ && pip install --no-cache-dir --no-deps lddl==0.1.0 pyarrow \
  && rm /tmp/requirements.txt
 
 COPY . .

@@ -148,8 +148,7 @@ def test_torchscript_export_matches_eager_in_the_main_environment(qa_export, tin
 
 def test_classification_export_with_int32_inputs(tiny_models, tmp_path):
     result = export(tiny_models, tmp_path, "classification",
-                    tiny_models["folder"] / "classifier.pt", "--num_labels", 3,
-                    "--input_dtype", "int32")
+                    tiny_models["folder"] / "classifier.pt", "--input_dtype", "int32")
     diffs = reported_diffs(result.stdout)
     assert set(diffs) == {("onnx", "output__0"), ("torchscript", "output__0")}
     assert all(diff <= PARITY_ATOL for diff in diffs.values()), diffs
@@ -157,6 +156,22 @@ def test_classification_export_with_int32_inputs(tiny_models, tmp_path):
     assert {t["data_type"] for t in signature["inputs"]} == {"TYPE_INT32"}
     assert signature["outputs"] == [{"name": "output__0", "field": "logits",
                                      "data_type": "TYPE_FP32", "dims": [3]}]
+
+
+def test_exports_into_one_folder_list_the_formats_of_one_model(tiny_models, tmp_path):
+    """A second run's format is listed beside the first's when both export the same
+    checkpoint; the model files of another checkpoint's export are removed."""
+    qa = tiny_models["folder"] / "qa.pt"
+    export(tiny_models, tmp_path, "squad", qa, "--format", "torchscript")
+    export(tiny_models, tmp_path, "squad", qa, "--format", "onnx")
+    listed = json.loads((tmp_path / "signature.json").read_text())["files"]
+    assert listed == {"torchscript": "model.pt", "onnx": "model.onnx"}
+    result = export(tiny_models, tmp_path, "classification",
+                    tiny_models["folder"] / "classifier.pt", "--format", "torchscript")
+    assert json.loads((tmp_path / "signature.json").read_text())["files"] == {
+        "torchscript": "model.pt"}
+    assert not (tmp_path / "model.onnx").exists()
+    assert f"removed {tmp_path / 'model.onnx'}: exported earlier" in result.stdout
 
 
 def test_export_check_takes_another_batch_and_length_than_the_export(tiny_models, tmp_path):

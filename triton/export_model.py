@@ -61,7 +61,9 @@ def parse_args(argv=None):
     parser.add_argument("--config_file", default=None, help="BERT config JSON")
     parser.add_argument("--vocab_file", default=None,
                         help="WordPiece vocabulary, copied beside the model for the clients")
-    parser.add_argument("--num_labels", type=int, default=2, help="classification only")
+    parser.add_argument("--num_labels", type=int, default=None,
+                        help="classification only (default: the rows of the checkpoint's "
+                             "classifier)")
     parser.add_argument("--output_dir", required=True)
     parser.add_argument("--format", nargs="+", choices=sorted(FILE_NAMES),
                         default=["onnx", "torchscript"])
@@ -192,12 +194,49 @@ def signature(task, input_dtype, model_config, num_labels):
     }
 
 
+def earlier_exports(output_dir, described):
+    """{format: file} of what an earlier run exported into output_dir from the same
+    checkpoint with the same signature: listed beside this run's formats. An earlier
+    export of anything else has its model files removed, as this run's config.json and
+    signature.json no longer describe them."""
+    try:
+        earlier = utils.read_json_object(output_dir / "signature.json", "earlier export")
+    except (OSError, ValueError):  # none, or unreadable: nothing to keep
+        return {}
+    same = all(earlier.get(key) == value for key, value in described.items() if key != "files")
+    kept = {}
+    for fmt, name in dict(earlier.get("files") or {}).items():
+        path = output_dir / str(name)
+        if not path.is_file():
+            continue
+        if same:
+            kept[fmt] = path.name
+        else:
+            path.unlink()
+            utils.logger.warning("removed %s: exported earlier from another checkpoint or "
+                                 "with another signature than this export", path)
+    return kept
+
+
 def load_task_model(args, device):
     if args.task == "squad":
         return finetuning.load_model(modeling.BertForQuestionAnswering, args, device,
                                      will_train=False)
+    if args.num_labels is None:
+        args.num_labels = classifier_rows(args.init_checkpoint)
     return finetuning.load_model(modeling.BertForSequenceClassification, args, device,
                                  will_train=False, num_labels=args.num_labels)
+
+
+def classifier_rows(init_checkpoint):
+    """The number of labels of the checkpoint's classifier (the rows of its weight)."""
+    weights = [tensor for key, tensor in modeling.read_state_dict(init_checkpoint).items()
+               if key.endswith("classifier.weight")]
+    if len(weights) != 1:
+        raise ValueError(f"--init_checkpoint {init_checkpoint} holds no classifier "
+                         "(classifier.weight): export it with --task squad, or pass a "
+                         "fine-tuned classification checkpoint")
+    return weights[0].shape[0]
 
 
 def main(args):
@@ -220,6 +259,8 @@ def main(args):
     output_dir = Path(args.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     described = signature(args.task, input_dtype, model.config, args.num_labels)
+    described["init_checkpoint"] = str(Path(args.init_checkpoint).resolve())
+    described["files"] = earlier_exports(output_dir, described)
     for fmt in args.format:
         path = output_dir / FILE_NAMES[fmt]
         if fmt == "onnx":
