@@ -14,7 +14,8 @@ Deliberate deviations from NVIDIA's downloaders:
 - GLUE MRPC and SST-2 are fetched from their data URLs directly and MRPC's tsv files are
   written here, instead of downloading and running a copy of download_glue_data.py.
 - Wikipedia goes through LDDL's download_wikipedia only when it can finish (LDDL and
-  wikiextractor installed); it is probed first, so an offline run fails in seconds.
+  wikiextractor installed), and the dump is fetched here first (atomically, with a
+  timeout), so an offline run fails in seconds and an interrupted one starts the dump over.
 """
 
 import csv
@@ -24,7 +25,7 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-from data.fetch import extract_archive, fetch, probe
+from data.fetch import extract_archive, fetch
 from utils import atomic_path, logger
 
 SQUAD_DATA = "https://rajpurkar.github.io/SQuAD-explorer/dataset"
@@ -184,13 +185,9 @@ def download_wikipedia(working_dir, options):
                       "wikicorpus_en.xml.bz2")
         return
     outdir = working_dir / "wikipedia"
-    command = ["download_wikipedia", "--outdir", str(outdir)]
-    dump = outdir / "wikicorpus-en.xml.bz2"
-    if dump.is_file():
-        command.append("--no-download")
-    else:
-        probe(WIKIPEDIA_DUMP, f"Without network access, download it elsewhere, put it at "
-                              f"{dump} and run this step again.",
-              options.connect_timeout, options.read_timeout)
+    # The dump is fetched here, not by LDDL: LDDL writes it in place without a timeout, and
+    # a download it leaves cut short looks complete to every later run.
+    options.fetch(WIKIPEDIA_DUMP, outdir / "wikicorpus-en.xml.bz2")
+    command = ["download_wikipedia", "--outdir", str(outdir), "--no-download"]
     logger.info("running %s", " ".join(command))
     subprocess.run(command, check=True)

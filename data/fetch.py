@@ -19,6 +19,7 @@ import re
 import shutil
 import stat
 import tarfile
+import tempfile
 import time
 import zipfile
 from pathlib import Path, PurePosixPath
@@ -69,18 +70,6 @@ def fetch(url, path, md5=None, connect_timeout=10.0, read_timeout=60.0, progress
             f"Without network access, download it elsewhere and put it at {path}, then run "
             f"this step again (files already present are not fetched again).")) from None
     return path
-
-
-def probe(url, remedy, connect_timeout=10.0, read_timeout=60.0):
-    """Raises DownloadError (with `remedy` appended) unless `url` answers; reads no body.
-    For downloaders of other libraries that have no timeout of their own."""
-    start = time.monotonic()
-    try:
-        with requests.get(url, stream=True, timeout=(connect_timeout, read_timeout)) as response:
-            response.raise_for_status()
-    except requests.RequestException as error:
-        raise DownloadError(failure_message(url, error, connect_timeout, read_timeout,
-                                            time.monotonic() - start, remedy)) from None
 
 
 def failure_message(url, error, connect_timeout, read_timeout, elapsed, remedy):
@@ -166,20 +155,45 @@ def extract_archive(archive, target):
     Refuses, before writing anything, members with an absolute path or a `..` component,
     links that point outside `target` (or anywhere by an absolute path), and devices.
     A single-file `.bz2` is decompressed to `target/<name without .bz2>`.
+    The members are extracted into a staging folder inside `target` first, and each
+    top-level file or folder is moved into place when all are out: a run killed half-way
+    leaves no partial folder that looks extracted to the next run (which checks one file).
     """
     archive, target = Path(archive), Path(target)
     target.mkdir(parents=True, exist_ok=True)
     name = archive.name.lower()
-    if zipfile.is_zipfile(archive):
-        _extract_zip(archive, target)
-    elif name.endswith(".bz2") and not name.endswith(".tar.bz2") and \
-            not tarfile.is_tarfile(archive):
-        _decompress_bz2(archive, target / archive.name[:-len(".bz2")])
-    elif tarfile.is_tarfile(archive):
-        _extract_tar(archive, target)
-    else:
-        raise ValueError(f"{archive} is not a zip, tar or bz2 archive")
+    staging = Path(tempfile.mkdtemp(dir=target, prefix=".extracting-"))
+    try:
+        if zipfile.is_zipfile(archive):
+            _extract_zip(archive, target, staging)
+        elif name.endswith(".bz2") and not name.endswith(".tar.bz2") and \
+                not tarfile.is_tarfile(archive):
+            _decompress_bz2(archive, staging / archive.name[:-len(".bz2")])
+        elif tarfile.is_tarfile(archive):
+            _extract_tar(archive, target, staging)
+        else:
+            raise ValueError(f"{archive} is not a zip, tar or bz2 archive")
+        for entry in sorted(staging.iterdir()):
+            _move_into(entry, target / entry.name)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
     return target
+
+
+def _move_into(source, destination):
+    """Moves `source` to `destination`; a folder onto an existing folder member by member,
+    so that files beside its members stay."""
+    if _is_real_dir(source) and _is_real_dir(destination):
+        for child in sorted(source.iterdir()):
+            _move_into(child, destination / child.name)
+        return
+    if _is_real_dir(destination):
+        shutil.rmtree(destination)
+    os.replace(source, destination)
+
+
+def _is_real_dir(path):
+    return path.is_dir() and not path.is_symlink()
 
 
 def _refuse(archive, member, why):
@@ -209,14 +223,18 @@ def _check_link(archive, name, link, hard=False):
             _refuse(archive, name, f"links outside the target folder ({link!r})")
 
 
-def _check_inside(archive, name, destination, root):
-    """Guards against links extracted earlier: the real path must stay under `root`."""
-    real = os.path.realpath(destination)
-    if real != root and not real.startswith(root + os.sep):
-        _refuse(archive, name, "would be written through a link to outside the target folder")
+def _check_destinations(archive, name, target, staging):
+    """A member is extracted into `staging`, then moved into `target`: neither way may lead
+    through a link (one already in the target, or one an earlier member made) to outside."""
+    for folder in (target, staging):
+        root = os.path.realpath(folder)
+        real = os.path.realpath(folder / name)
+        if real != root and not real.startswith(root + os.sep):
+            _refuse(archive, name, "would be written through a link to outside the target "
+                                   "folder")
 
 
-def _extract_tar(archive, target):
+def _extract_tar(archive, target, staging):
     with tarfile.open(archive) as tar:
         members = tar.getmembers()
         for member in members:
@@ -225,17 +243,16 @@ def _extract_tar(archive, target):
                 _check_link(archive, member.name, member.linkname, hard=member.islnk())
             elif not (member.isfile() or member.isdir()):
                 _refuse(archive, member.name, "is a device or fifo")
-        root = os.path.realpath(target)
         for member in members:
-            _check_inside(archive, member.name, target / member.name, root)
+            _check_destinations(archive, member.name, target, staging)
             # The "data" filter (Python >= 3.11.4) repeats these checks inside tarfile.
             if hasattr(tarfile, "data_filter"):
-                tar.extract(member, target, filter="data")
+                tar.extract(member, staging, filter="data")
             else:
-                tar.extract(member, target)
+                tar.extract(member, staging)
 
 
-def _extract_zip(archive, target):
+def _extract_zip(archive, target, staging):
     with zipfile.ZipFile(archive) as zf:
         infos = zf.infolist()
         for info in infos:
@@ -243,10 +260,9 @@ def _extract_zip(archive, target):
             if stat.S_ISLNK(info.external_attr >> 16):
                 # zipfile writes a symlink entry as a small file holding the link target.
                 _check_link(archive, info.filename, zf.read(info).decode("utf-8", "replace"))
-        root = os.path.realpath(target)
         for info in infos:
-            _check_inside(archive, info.filename, target / info.filename, root)
-            zf.extract(info, target)
+            _check_destinations(archive, info.filename, target, staging)
+            zf.extract(info, staging)
 
 
 def _decompress_bz2(archive, destination):

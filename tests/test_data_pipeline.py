@@ -109,8 +109,9 @@ def test_bertprep_download_stops_at_the_first_unreachable_file(tmp_path, monkeyp
     assert not (tmp_path / "download" / "squad" / "v1.1" / "dev-v1.1.json").exists()
 
 
-def test_wikipedia_through_lddl_is_probed_first(tmp_path, monkeypatch):
-    """LDDL's own downloader has no timeout: an unreachable dump must fail before it runs."""
+def test_wikipedia_through_lddl_is_fetched_first(tmp_path, monkeypatch):
+    """LDDL's own downloader has no timeout and writes in place: the dump is fetched
+    before LDDL runs, and an unreachable one fails without it."""
     monkeypatch.setattr(downloader, "lddl_can_download_wikipedia", lambda: True)
     monkeypatch.setattr(downloader, "WIKIPEDIA_DUMP", f"http://127.0.0.1:{closed_port()}/a.bz2")
     monkeypatch.setattr(downloader.subprocess, "run", pytest.fail)
@@ -244,6 +245,28 @@ def test_a_link_already_in_the_target_folder_cannot_be_written_through(tmp_path)
     with pytest.raises(UnsafeArchiveError, match="through a link"):
         extract_archive(archive, target)
     assert list(outside.iterdir()) == []
+
+
+def test_an_extraction_stopped_half_way_leaves_nothing_that_looks_extracted(tmp_path,
+                                                                          monkeypatch):
+    archive = make_zip(tmp_path / "SST-2.zip", ["SST-2/train.tsv", "SST-2/dev.tsv"])
+    extract = zipfile.ZipFile.extract
+
+    def killed_after_the_first(self, member, path=None, pwd=None):
+        if str(member.filename).endswith("dev.tsv"):
+            raise KeyboardInterrupt
+        return extract(self, member, path, pwd)
+    monkeypatch.setattr(zipfile.ZipFile, "extract", killed_after_the_first)
+    with pytest.raises(KeyboardInterrupt):
+        extract_archive(archive, tmp_path / "glue")
+    assert list((tmp_path / "glue").iterdir()) == []  # no SST-2/train.tsv, no staging
+    monkeypatch.undo()
+    (tmp_path / "glue" / "SST-2").mkdir()
+    (tmp_path / "glue" / "SST-2" / "notes.txt").write_text("mine")
+    extract_archive(archive, tmp_path / "glue")
+    assert sorted(p.name for p in (tmp_path / "glue" / "SST-2").iterdir()) == [
+        "dev.tsv", "notes.txt", "train.tsv"]
+    assert sorted(p.name for p in (tmp_path / "glue").iterdir()) == ["SST-2"]
 
 
 def test_single_file_bz2_is_decompressed_beside_its_name(tmp_path):
