@@ -185,7 +185,13 @@ def test_inference_gives_the_answer_run_squad_predicted(tiny_model_files, tmp_pa
         "--max_query_length", "12", "--n_best_size", "3"]))
     assert best == predictions[question["id"]]
     assert f"Answer: {best}" in capsys.readouterr().out
-    assert len(nbest) <= 3
+    # The same logits: inference windows, runs and decodes the question as run_squad does.
+    written = json.loads((tmp_path / "nbest_predictions.json").read_text())[question["id"]]
+    assert 1 <= len(nbest) <= 3 and [a["text"] for a in nbest] == [a["text"] for a in
+                                                                  written[:len(nbest)]]
+    for ours, theirs in zip(nbest, written):
+        for key in ("start_logit", "end_logit"):
+            assert ours[key] == pytest.approx(theirs[key], abs=1e-5), key
 
 
 def test_inference_context_file_errors_name_the_file(tiny_model_files, tmp_path):

