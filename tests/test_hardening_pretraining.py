@@ -2,6 +2,7 @@
 leftovers of killed saves, unwritable output folders, skipped fp16 steps, the fp16
 all-reduce and the readable log line."""
 
+import math
 import os
 import pickle
 import subprocess
@@ -207,6 +208,14 @@ def test_a_bf16_checkpoint_resumes_under_fp16(shards, tmp_path):
     result = run_pretraining.main(args_for(*shards, tmp_path, "--fp16", "--resume_from_checkpoint",
                                            "--steps_this_run", 1))
     assert result["step"] == 3
+    before, after = (torch.load(tmp_path / f"ckpt_{step}.pt", weights_only=True)
+                     for step in (2, 3))
+    # The scaler starts from --init_loss_scale (2**20, halved per skipped step); LAMB goes on
+    # from the checkpoint's moments, one update further.
+    scale = after["grad_scaler"]["scale"]
+    assert scale <= 2.0**20 and math.log2(scale).is_integer()
+    for index, state in before["optimizer"]["state"].items():
+        assert after["optimizer"]["state"][index]["step"] == state["step"] + 1
 
 
 # ----------------------------------------------------------------------------- fp16 all-reduce

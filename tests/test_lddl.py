@@ -135,10 +135,10 @@ def binned(corpus):
 
 # ----------------------------------------------------------------------------- checks
 
-def first_batches(input_dir, vocab, count, tmp_path, num_workers=1):
+def first_batches(input_dir, vocab, count, tmp_path, num_workers=1, epoch=0):
     _, files = find_input_files(input_dir)
     source = LddlBatches(files, vocab, BATCH, local_rank=-1, world_size=1, seed=7,
-                         position=Position(), num_workers=num_workers,
+                         position=Position(epoch=epoch), num_workers=num_workers,
                          log_dir=tmp_path / "lddl_log")
     stream = iter(source)
     batches = [next(stream) for _ in range(count)]
@@ -227,6 +227,18 @@ def test_checkpoint_records_the_lddl_epoch(corpus, unbinned, tmp_path):
         "--max_steps", "7", "--num_workers", "1", "--disable_progress_bar"]))  # 6 steps an epoch
     state = torch.load(tmp_path / "ckpt_7.pt", weights_only=True)
     assert state["data_position"]["epoch"] == 1
+
+
+def test_a_position_in_a_later_epoch_starts_that_epochs_order(corpus, unbinned, tmp_path):
+    """What a resume does: the batches from epoch 1 on are those an uninterrupted reader
+    serves after its first epoch's 6, not epoch 0's again."""
+    _, vocab, _, _ = corpus
+    uninterrupted = first_batches(unbinned, vocab, 8, tmp_path / "whole")
+    resumed = first_batches(unbinned, vocab, 2, tmp_path / "resumed", epoch=1)
+    assert not torch.equal(uninterrupted[6]["input_ids"], uninterrupted[0]["input_ids"])
+    for batch, reference in zip(resumed, uninterrupted[6:]):
+        for name, tensor in batch.items():
+            assert torch.equal(tensor, reference[name]), name
 
 
 def test_lddl_batches_with_num_workers_0(corpus, unbinned, tmp_path):
