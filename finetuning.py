@@ -135,27 +135,29 @@ def do_lower_case(args):
 def checkpoint_label_names(init_checkpoint):
     """A checkpoint directory's classifier label names (config.json's id2label, in id
     order); None without them."""
-    path = Path(init_checkpoint) / "config.json" if init_checkpoint else None
-    if path is None or not path.is_file():
-        return None
-    id2label = utils.read_json_object(path, "--init_checkpoint's config").get("id2label")
+    id2label = checkpoint_directory_json(init_checkpoint, "config.json").get("id2label")
     if not isinstance(id2label, dict):
         return None
     try:
         return [str(id2label[key]) for key in sorted(id2label, key=int)]
     except ValueError:
-        raise ValueError(f"{path}: id2label's keys must be label ids, got "
-                         f"{sorted(id2label)}") from None
+        raise ValueError(f"--init_checkpoint {init_checkpoint}: config.json's id2label keys "
+                         f"must be label ids, got {sorted(id2label)}") from None
 
 
 def recorded_lower_case(init_checkpoint):
     """do_lower_case of a checkpoint directory's tokenizer_config.json; None without one."""
-    path = Path(init_checkpoint) / "tokenizer_config.json" if init_checkpoint else None
-    if path is None or not path.is_file():
-        return None
-    recorded = utils.read_json_object(path, "--init_checkpoint's tokenizer config").get(
+    recorded = checkpoint_directory_json(init_checkpoint, "tokenizer_config.json").get(
         "do_lower_case")
     return recorded if isinstance(recorded, bool) else None
+
+
+def checkpoint_directory_json(init_checkpoint, name):
+    """The JSON object in file `name` of an --init_checkpoint directory ({} without one)."""
+    path = Path(init_checkpoint) / name if init_checkpoint else None
+    if path is None or not path.is_file():
+        return {}
+    return utils.read_json_object(path, "--init_checkpoint's")
 
 
 def load_model(model_class, args, device, will_train, **kwargs):

@@ -78,7 +78,7 @@ def find_input_files(input_dir):
     # LDDL names binned (phase 2) shards shard-<i>.parquet_<bin>.
     parquet = sorted(p for p in folder.rglob("*") if re.search(r"\.parquet(_\d+)?$", p.name))
     folders = sorted({str(p.parent) for p in parquet})
-    if len(folders) > 1:  # LDDL reads one folder's (phase 1's beside phase 2's, say)
+    if len(folders) > 1:  # LDDL is handed one folder: shards in others would be counted, unread
         raise ValueError(f"--input_dir {input_dir} holds LDDL .parquet shards in "
                          f"{len(folders)} folders ({', '.join(folders[:3])}"
                          f"{', ...' if len(folders) > 3 else ''}): pass the one to train on")

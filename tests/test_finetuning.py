@@ -470,6 +470,6 @@ def test_casing_follows_the_tokenizer_config_of_a_checkpoint_directory(tiny_mode
     assert finetuning.do_lower_case(glue_args(config, vocab, tmp_path, "--init_checkpoint",
                                               folder, "--do_lower_case")) is True
     (folder / "tokenizer_config.json").write_text("[true]")
-    with pytest.raises(ValueError, match="tokenizer config .*tokenizer_config.json: expected a "
-                                         "JSON object, got a list"):
+    with pytest.raises(ValueError, match="--init_checkpoint's .*tokenizer_config.json: expected "
+                                         "a JSON object, got a list"):
         finetuning.do_lower_case(glue_args(config, vocab, tmp_path, "--init_checkpoint", folder))
