@@ -268,6 +268,18 @@ slow hour): 4,755 steps at 163.1 sequences/s, held-out masked-LM accuracy 0.167 
 default's 0.423 on a day as slow. SST-2 pre-trained / random (3 seeds): 0.612 / 0.580 at
 1e-4, 0.716 / 0.735 at 3e-4, 0.743 / 0.758 at 1e-3: -1.6 points with each start at its best
 rate. Halving the depth again does not bring the +3 points closer.
+
+Three times the budget (`--minutes 90 --runs ours --no-transfer --eval_every 900`, the
+default 2 layers, 2026-12-05, a slow afternoon with the test suite beside it for part of
+the time, so steps are the measure here, not minutes): 9,296 steps (595k sequences, 5.3
+passes over the training instances), held-out masked-LM accuracy 0.213 / 0.421 / 0.443 /
+0.452 / 0.459 / 0.468 at steps 1,549 / 3,098 / 4,647 / 6,196 / 7,745 / 9,296. SST-2 from
+three of its checkpoints (`--transfer_from CKPT`, 3 seeds; random weights 0.625 / 0.743 /
+0.745 at 1e-4 / 3e-4 / 1e-3), pre-trained: step 3,098 0.617 / 0.700 / 0.747 (+0.2 points
+with each start at its best rate); step 6,196 0.638 / 0.713 / 0.747 (+0.2); step 9,296
+0.632 / 0.718 / 0.758 (+1.3). The transfer appears, but slowly: three times the 30-minute
+pre-training buys 1.3 of the 3 points, and 2 layers level off near 0.47 masked-LM accuracy,
+so the rest needs a larger model trained longer than this machine allows a benchmark.
 """
 
 import argparse
