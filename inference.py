@@ -44,11 +44,11 @@ def add_question_args(parser):
     context.add_argument("--context", help="the text that holds the answer")
     context.add_argument("--context_file", help="a UTF-8 text file that holds the answer")
     parser.add_argument("--max_seq_length", type=int, default=384)
-    parser.add_argument("--doc_stride", type=int, default=128)
-    parser.add_argument("--max_query_length", type=int, default=64)
-    parser.add_argument("--n_best_size", type=int, default=1,
+    parser.add_argument("--doc_stride", type=utils.positive_int, default=128)
+    parser.add_argument("--max_query_length", type=utils.positive_int, default=64)
+    parser.add_argument("--n_best_size", type=utils.positive_int, default=1,
                         help="> 1: also print that many answers with probabilities")
-    parser.add_argument("--max_answer_length", type=int, default=30)
+    parser.add_argument("--max_answer_length", type=utils.positive_int, default=30)
     parser.add_argument("--version_2_with_negative", action="store_true",
                         help="the model may answer that there is no answer")
     parser.add_argument("--null_score_diff_threshold", type=float, default=-11.0)
@@ -111,6 +111,7 @@ def answer(model, tokenizer, question, context, args, device):
     features = squad.convert_examples_to_features(examples, tokenizer, args.max_seq_length,
                                                   args.doc_stride, args.max_query_length,
                                                   is_training=False)
+    check_word_pieces(features, args)
     warn_if_mostly_unknown(features, args)
     tensors = squad.features_to_tensors(features, is_training=False)
     del tensors["feature_index"]
@@ -129,6 +130,19 @@ def answer(model, tokenizer, question, context, args, device):
         args.null_score_diff_threshold)
     qas_id = examples[0].qas_id
     return predictions[qas_id], nbest[qas_id]
+
+
+def check_word_pieces(features, args):
+    """Refuses a question or context that the tokenizer reduces to nothing (only spaces,
+    control or format characters such as U+200B), as an empty one is: the model would
+    answer a question it was never shown."""
+    context_flag = "--context" if args.context is not None else "--context_file"
+    if not features:  # a context without word pieces makes no window
+        raise ValueError(f"{context_flag} holds no text the tokenizer keeps (only spaces, "
+                         f"control or format characters): pass the passage to answer from")
+    if features[0].tokens[1] == "[SEP]":  # [CLS] [SEP]: no question between them
+        raise ValueError("--question holds no text the tokenizer keeps (only spaces, control "
+                         "or format characters): pass the text to ask about the context")
 
 
 def unknown_share(features):

@@ -48,12 +48,12 @@ def parse_args(argv=None):
     parser.add_argument("--predictions_file", default=None,
                         help="with --do_eval and no --do_predict: score this file, no model")
     parser.add_argument("--max_seq_length", type=int, default=384)
-    parser.add_argument("--doc_stride", type=int, default=128,
+    parser.add_argument("--doc_stride", type=utils.positive_int, default=128,
                         help="tokens between the starts of overlapping context windows")
-    parser.add_argument("--max_query_length", type=int, default=64)
+    parser.add_argument("--max_query_length", type=utils.positive_int, default=64)
     parser.add_argument("--predict_batch_size", type=int, default=8)
-    parser.add_argument("--n_best_size", type=int, default=20)
-    parser.add_argument("--max_answer_length", type=int, default=30)
+    parser.add_argument("--n_best_size", type=utils.positive_int, default=20)
+    parser.add_argument("--max_answer_length", type=utils.positive_int, default=30)
     parser.add_argument("--version_2_with_negative", action="store_true",
                         help="SQuAD 2.0: questions may have no answer")
     parser.add_argument("--null_score_diff_threshold", type=float, default=0.0,

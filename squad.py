@@ -118,7 +118,10 @@ def split_whitespace_words(text):
     return words, char_to_word_offset
 
 
-def example_from_text(question, context, qas_id="0"):
+INLINE_QUESTION_ID = "--question"  # the id of inference.py's one question
+
+
+def example_from_text(question, context, qas_id=INLINE_QUESTION_ID):
     """A SquadExample for one free-text question and context (no answer), as inference.py
     needs. Raises ValueError when either is empty."""
     if not question.strip():
@@ -430,21 +433,30 @@ def _padded_inputs(tokens, doc_offset, tokenizer, max_seq_length):
             [0] * doc_offset + [1] * (len(tokens) - doc_offset) + padding)
 
 
-def _check_window_sizes(doc_stride):
-    if doc_stride < 1:
-        raise ValueError(f"doc_stride must be at least 1, got {doc_stride}")
+def _check_window_sizes(doc_stride, max_query_length):
+    for flag, value in (("--doc_stride", doc_stride), ("--max_query_length", max_query_length)):
+        if value < 1:
+            raise ValueError(f"{flag} must be at least 1, got {value}")
 
 
 def _check_room_for_the_document(example, query_tokens, max_seq_length, max_query_length):
     """A window holds [CLS], the question, two [SEP] and at least one document token. Checked
     per question, not as max_query_length + 4 <= max_seq_length: short questions fit windows
     that the longest allowed one would not."""
-    if len(query_tokens) + 4 > max_seq_length:
+    needed = len(query_tokens) + 4
+    if needed > max_seq_length:
+        remedy = (f"lower --max_query_length to {max_seq_length - 4} or raise "
+                  f"--max_seq_length" if max_seq_length > 4 else
+                  f"raise --max_seq_length to at least {needed}")
         raise ValueError(
-            f"question {example.qas_id!r}: its {len(query_tokens)} word pieces (at most "
-            f"max_query_length, {max_query_length}) leave no room for the document in a "
-            f"window of max_seq_length {max_seq_length}; lower max_query_length to "
-            f"{max_seq_length - 4} or raise max_seq_length")
+            f"{_question_name(example)}: its {len(query_tokens)} word pieces (at most "
+            f"--max_query_length {max_query_length}) leave no room for the document in a "
+            f"window of --max_seq_length {max_seq_length}: {remedy}")
+
+
+def _question_name(example):
+    return ("--question" if example.qas_id == INLINE_QUESTION_ID
+            else f"question {example.qas_id!r}")
 
 
 def convert_examples_to_features(examples, tokenizer, max_seq_length, doc_stride,
@@ -452,7 +464,7 @@ def convert_examples_to_features(examples, tokenizer, max_seq_length, doc_stride
     """One SquadFeature per window of each example, in order; unique_id counts up from
     1000000000. Training features carry start/end_position (0/0 when the answer is not
     wholly inside the window or the question is unanswerable)."""
-    _check_window_sizes(doc_stride)
+    _check_window_sizes(doc_stride, max_query_length)
     pieces_of = functools.cache(tokenizer.tokenize)      # contexts repeat across questions
     features = []
     for example_index, example in enumerate(examples):

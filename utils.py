@@ -172,6 +172,14 @@ def whole_number(text):
     return int(value)
 
 
+def positive_int(text):
+    """An argparse type for sizes and counts that must be at least 1."""
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
 def add_precision_args(parser):
     """--fp16/--amp, --bf16 and --tf32: the precision of every script, one at most; without
     any of them the model runs in true fp32 (IEEE float32 matrix products, no TF32)."""

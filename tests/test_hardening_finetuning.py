@@ -244,6 +244,31 @@ def test_4_unknown_share_counts_each_context_token_once(model_files):
     assert inference.unknown_share(features) == (1 + 40, 4 + 80)
 
 
+@pytest.mark.parametrize("flag, text", [("--context", "\u200b\u200b \x07"),
+                                        ("--question", "\u200b")])
+def test_4_text_the_tokenizer_drops_entirely_is_refused(model_files, flag, text):
+    # Format and control characters are dropped: the model would be shown no context (or
+    # no question) and print "(no answer)".
+    config, vocab, checkpoint = model_files
+    extra = ("--context", text) if flag == "--context" else ("--question", text,
+                                                              "--context", CONTEXT)
+    with pytest.raises(ValueError, match=f"^{flag} holds no text the tokenizer keeps"):
+        inference.main(inference_args(config, vocab, checkpoint, *extra))
+
+
+@pytest.mark.parametrize("flag", ["--n_best_size", "--max_answer_length", "--doc_stride",
+                                  "--max_query_length"])
+def test_4_decoding_and_window_sizes_below_one_are_refused(flag, capsys):
+    # 0 used to print "(no answer)" for any question; a negative --max_query_length cut the
+    # question's end off.
+    for parse in (inference.parse_args, run_squad.parse_args):
+        required = (["--init_checkpoint", "qa.pt"] if parse is inference.parse_args else
+                    ["--bert_model", "bert-base-uncased", "--output_dir", "out"])
+        with pytest.raises(SystemExit):
+            parse([*required, flag, "0"])
+        assert f"argument {flag}: must be at least 1, got 0" in capsys.readouterr().err
+
+
 # ----------------------------------------------------------------------------- 5: binary files
 
 @pytest.mark.parametrize("content, message", [

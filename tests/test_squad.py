@@ -299,9 +299,12 @@ def test_unicode_answers_land_on_their_tokens(fixture_tokenizer):
     assert spans["eiffel-where"] == "paris , france"
 
 
-def test_a_doc_stride_below_one_is_refused(word_tokenizer):
-    with pytest.raises(ValueError, match="doc_stride"):
+def test_a_doc_stride_or_query_length_below_one_is_refused(word_tokenizer):
+    with pytest.raises(ValueError, match="--doc_stride must be at least 1, got 0"):
         convert(word_tokenizer, [numbered_example(3)], doc_stride=0)
+    # A negative length would cut pieces off the question's end ([:-3]).
+    with pytest.raises(ValueError, match="--max_query_length must be at least 1, got -3"):
+        convert(word_tokenizer, [numbered_example(3)], max_query_length=-3)
 
 
 def test_features_to_tensors(word_tokenizer):
@@ -406,9 +409,15 @@ def test_windows_need_room_for_each_question_not_for_the_longest_allowed(eiffel_
     assert feature.tokens[:6] == ["[CLS]", "where", "is", "paris", "?", "[SEP]"]
     long = squad.example_from_text("where is the eiffel tower in paris ?", EIFFEL, qas_id="long")
     with pytest.raises(ValueError, match="question 'long': its 8 word pieces .* no room for the "
-                                         "document in a window of max_seq_length 11; lower "
-                                         "max_query_length to 7"):
+                                         "document in a window of --max_seq_length 11: lower "
+                                         "--max_query_length to 7 or raise --max_seq_length"):
         squad.convert_examples_to_features([short, long], eiffel_tokenizer, 11, 128, 64, False)
+    # A window too short for any question asks for a longer window, not a negative length;
+    # inference.py's question is named by its flag.
+    inline = squad.example_from_text("where is paris ?", EIFFEL)
+    with pytest.raises(ValueError, match=r"^--question: its 4 word pieces .* --max_seq_length "
+                                         r"4: raise --max_seq_length to at least 8$"):
+        squad.convert_examples_to_features([inline], eiffel_tokenizer, 4, 128, 64, False)
 
 
 def test_only_max_context_starts_and_document_tokens_count(eiffel_tokenizer):
