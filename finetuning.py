@@ -112,12 +112,16 @@ def resolve_model_files(args):
     folder = Path(args.init_checkpoint) if args.init_checkpoint else None
     if args.config_file is None and folder is not None and (folder / "config.json").is_file():
         args.config_file = str(folder / "config.json")
-    if args.vocab_file is None and folder is not None and (folder / "vocab.txt").is_file():
-        args.vocab_file = str(folder / "vocab.txt")
+    if args.vocab_file is None and folder is not None:
+        # transformers 5's save_pretrained writes tokenizer.json without a vocab.txt
+        found = [folder / name for name in ("vocab.txt", "tokenizer.json")
+                 if (folder / name).is_file()]
+        args.vocab_file = str(found[0]) if found else None
     for flag in ("config_file", "vocab_file"):
         if getattr(args, flag) is None:
+            holds = "config.json" if flag == "config_file" else "vocab.txt or tokenizer.json"
             raise ValueError(f"--{flag} is required (or an --init_checkpoint directory "
-                             f"that holds {'config.json' if flag == 'config_file' else 'vocab.txt'})")
+                             f"that holds {holds})")
 
 
 def do_lower_case(args):
@@ -145,19 +149,21 @@ def checkpoint_label_names(init_checkpoint):
                          f"must be label ids, got {sorted(id2label)}") from None
 
 
-def recorded_lower_case(init_checkpoint):
-    """do_lower_case of a checkpoint directory's tokenizer_config.json; None without one."""
-    recorded = checkpoint_directory_json(init_checkpoint, "tokenizer_config.json").get(
-        "do_lower_case")
+def recorded_lower_case(init_checkpoint, what="--init_checkpoint's"):
+    """do_lower_case of a checkpoint (or export) directory's tokenizer_config.json; None
+    without one."""
+    recorded = checkpoint_directory_json(init_checkpoint, "tokenizer_config.json",
+                                         what).get("do_lower_case")
     return recorded if isinstance(recorded, bool) else None
 
 
-def checkpoint_directory_json(init_checkpoint, name):
-    """The JSON object in file `name` of an --init_checkpoint directory ({} without one)."""
+def checkpoint_directory_json(init_checkpoint, name, what="--init_checkpoint's"):
+    """The JSON object in file `name` of an --init_checkpoint directory ({} without one);
+    `what` names the directory in errors."""
     path = Path(init_checkpoint) / name if init_checkpoint else None
     if path is None or not path.is_file():
         return {}
-    return utils.read_json_object(path, "--init_checkpoint's")
+    return utils.read_json_object(path, what)
 
 
 def load_model(model_class, args, device, will_train, **kwargs):

@@ -34,10 +34,13 @@ Deviations from the original (NVIDIA's tokenization.py, after Google's):
   original leaves silent although capitalised words then become [UNK].
 * A binary vocab file (NUL bytes, mostly undecodable) or one that is not UTF-8
   is a ValueError naming it, not a bare UnicodeDecodeError.
+* The vocabulary may also be a Hugging Face `tokenizer.json` with a WordPiece
+  model, as transformers 5's `save_pretrained` writes without a vocab.txt.
 """
 
 import collections
 import io
+import json
 import logging
 import os
 import re
@@ -79,6 +82,8 @@ def load_vocab(vocab_file):
         raise ValueError(f"vocab file {vocab_file!r} is not UTF-8 (byte {error.start}): a "
                          "token with a replaced byte would never match; re-encode it "
                          "as UTF-8") from None
+    if is_tokenizer_json(vocab_file):
+        return _tokenizer_json_vocab(vocab_file, text)
     vocab = collections.OrderedDict()
     for index, line in enumerate(io.StringIO(text, newline=None)):  # \r\n or \n lines
         vocab[line.rstrip()] = index
@@ -86,6 +91,42 @@ def load_vocab(vocab_file):
         raise ValueError(f"vocab file {vocab_file!r} is empty: "
                          "expected one WordPiece token per line")
     return vocab
+
+
+def is_tokenizer_json(vocab_file):
+    return os.fspath(vocab_file).endswith(".json")
+
+
+def _tokenizer_json_vocab(vocab_file, text):
+    """token -> id of a tokenizer.json's WordPiece model, in id order; its ids must run
+    0..N-1 as a vocab.txt's line numbers do."""
+    try:
+        wordpiece = json.loads(text).get("model") or {}
+    except (json.JSONDecodeError, AttributeError):
+        wordpiece = None
+    if not isinstance(wordpiece, dict) or wordpiece.get("type") != "WordPiece" or not \
+            isinstance(wordpiece.get("vocab"), dict) or not wordpiece["vocab"]:
+        raise ValueError(f"vocab file {vocab_file!r} is not a tokenizer.json with a WordPiece "
+                         "model (model.type WordPiece, model.vocab): pass a BERT vocab.txt")
+    if wordpiece.get("continuing_subword_prefix", "##") != "##":
+        raise ValueError(f"vocab file {vocab_file!r}: its WordPiece model marks continued "
+                         f"words with {wordpiece['continuing_subword_prefix']!r}, BERT's "
+                         "tokenizer with '##'")
+    by_id = sorted(wordpiece["vocab"].items(), key=lambda item: item[1])
+    if [index for _, index in by_id] != list(range(len(by_id))):
+        raise ValueError(f"vocab file {vocab_file!r}: model.vocab's ids must be 0 to "
+                         f"{len(by_id) - 1}, each once, as the model's embedding rows are")
+    return collections.OrderedDict(by_id)
+
+
+def vocab_file_text(vocab_file):
+    """The text of a vocab.txt for the vocabulary in `vocab_file`: a vocab.txt's own text,
+    or a tokenizer.json's tokens one per line in id order."""
+    vocab = load_vocab(vocab_file)  # checks the file in either form
+    if is_tokenizer_json(vocab_file):
+        return "".join(f"{token}\n" for token in vocab)
+    with open(vocab_file, encoding="utf-8") as reader:
+        return reader.read()
 
 
 # Above this share of characters that are not UTF-8, input is taken for binary, not text.

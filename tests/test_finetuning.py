@@ -1,5 +1,6 @@
 """run_glue.py, run_squad.py and inference.py end to end on the shipped fixtures."""
 
+import argparse
 import json
 import os
 import signal
@@ -19,7 +20,7 @@ import run_squad
 from conftest import REPO, write_vocab
 from model import BertConfig, BertForSequenceClassification, BertModel, export_huggingface
 from test_hardening_finetuning import free_port
-from tokenization import FullTokenizer
+from tokenization import FullTokenizer, load_vocab
 
 FIXTURES = REPO / "tests" / "fixtures"
 SQUAD_FILE = FIXTURES / "squad" / "tiny-v1.1.json"
@@ -457,6 +458,24 @@ def test_a_checkpoint_naming_its_labels_in_another_order_predicts_the_same_names
             "--do_eval", "--max_seq_length", "32", "--disable_progress_bar"]))
         predicted[name] = json.loads((tmp_path / name / "out" / "dev_predictions.json").read_text())
     assert predicted["ours"] == predicted["theirs"]
+
+
+def test_a_checkpoint_directory_without_vocab_txt_gives_its_tokenizer_json(tiny_model_files,
+                                                                          tmp_path):
+    # As transformers 5's save_pretrained leaves it: tokenizer.json, no vocab.txt.
+    transformers = pytest.importorskip("transformers")
+    config, vocab = tiny_model_files
+    model = BertForSequenceClassification(BertConfig.from_json_file(config), num_labels=2)
+    folder = export_huggingface(model, vocab, tmp_path / "hf")
+    (folder / "vocab.txt").unlink()
+    args = argparse.Namespace(init_checkpoint=str(folder), config_file=None, vocab_file=None)
+    with pytest.raises(ValueError, match="--vocab_file is required .* holds vocab.txt or "
+                                         "tokenizer.json"):
+        finetuning.resolve_model_files(args)
+    transformers.BertTokenizer(vocab=dict(load_vocab(vocab))).save_pretrained(folder)
+    finetuning.resolve_model_files(args)
+    assert args.vocab_file == str(folder / "tokenizer.json")
+    assert load_vocab(args.vocab_file) == load_vocab(vocab)
 
 
 def test_casing_follows_the_tokenizer_config_of_a_checkpoint_directory(tiny_model_files,

@@ -131,6 +131,36 @@ def test_load_vocab_ids_are_line_numbers(tmp_path):
     assert list(vocab.items()) == [("[PAD]", 0), ("[UNK]", 1), ("hello", 2), ("##lo", 3)]
 
 
+def test_a_tokenizer_json_saved_by_transformers_is_the_same_vocabulary(tmp_path):
+    # transformers 5's save_pretrained writes tokenizer.json and no vocab.txt.
+    transformers = pytest.importorskip("transformers")
+    vocab_txt = tmp_path / "vocab.txt"
+    vocab_txt.write_text("\n".join(HAND_VOCAB) + "\n", encoding="utf-8")
+    transformers.BertTokenizer(vocab=dict(load_vocab(vocab_txt))).save_pretrained(tmp_path / "hf")
+    tokenizer_json = tmp_path / "hf" / "tokenizer.json"
+    assert not (tmp_path / "hf" / "vocab.txt").exists()
+    assert list(load_vocab(tokenizer_json).items()) == list(load_vocab(vocab_txt).items())
+    assert tokenization.vocab_file_text(tokenizer_json) == vocab_txt.read_text()
+    text = "Unaffable replaying, the café!"
+    assert (FullTokenizer(tokenizer_json).tokenize(text) ==
+            FullTokenizer(vocab_txt).tokenize(text) == ["un", "##aff", "##able", "re",
+                                                        "##play", "##ing", ",", "the",
+                                                        "cafe", "!"])
+
+
+@pytest.mark.parametrize("model, message", [
+    ({"type": "BPE", "vocab": {"a": 0}}, "is not a tokenizer.json with a WordPiece model"),
+    ({"type": "WordPiece", "vocab": {"[UNK]": 0, "a": 2}}, "ids must be 0 to 1, each once"),
+    ({"type": "WordPiece", "vocab": {"[UNK]": 0}, "continuing_subword_prefix": "@@"},
+     "marks continued words with '@@'"),
+])
+def test_a_tokenizer_json_bert_cannot_read_is_named(tmp_path, model, message):
+    path = tmp_path / "tokenizer.json"
+    path.write_text(json.dumps({"model": model}), encoding="utf-8")
+    with pytest.raises(ValueError, match=f"tokenizer.json.*{message}"):
+        load_vocab(path)
+
+
 def test_load_vocab_missing_file_names_the_path(tmp_path):
     missing = tmp_path / "no_such_vocab.txt"
     with pytest.raises(FileNotFoundError, match="no_such_vocab.txt"):

@@ -13,6 +13,7 @@ import importlib.util
 import json
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -49,7 +50,7 @@ SERVER_START_TIMEOUT = 60
 # Several windows per question (max_batch_size 2 below makes them several requests), and an
 # n-best list whose probabilities are not near ties for the tiny random model.
 WINDOW_ARGS = ["--max_seq_length", "48", "--doc_stride", "16", "--max_query_length", "12",
-               "--n_best_size", "5", "--do_lower_case"]
+               "--n_best_size", "5"]
 
 
 def deployment_python():
@@ -92,18 +93,21 @@ def tiny_models(tmp_path_factory):
             "qa": qa, "classifier": classifier}
 
 
-def export(tiny_models, output_dir, task, checkpoint, *extra):
+def export(tiny_models, output_dir, task, checkpoint, *extra, check=True):
     return run_deployment(
         TRITON / "export_model.py", "--task", task, "--init_checkpoint", checkpoint,
         "--config_file", tiny_models["config"], "--vocab_file", tiny_models["vocab"],
         "--output_dir", output_dir, "--max_seq_length", 32, "--batch_size", 2,
-        "--atol", PARITY_ATOL, *extra)
+        "--atol", PARITY_ATOL, *extra, check=check)
 
 
 @pytest.fixture(scope="module")
 def qa_export(tiny_models, tmp_path_factory):
     output_dir = tmp_path_factory.mktemp("qa_export")
-    result = export(tiny_models, output_dir, "squad", tiny_models["folder"] / "qa.pt")
+    # Cased, against the lower-case vocabulary: a client that lower-cased all the same
+    # would answer from other tokens than inference.py.
+    result = export(tiny_models, output_dir, "squad", tiny_models["folder"] / "qa.pt",
+                    "--no-do_lower_case")
     return output_dir, result.stdout
 
 
@@ -123,7 +127,8 @@ def test_qa_exports_match_pytorch_and_name_tensors_as_nvidia(qa_export, tiny_mod
     assert all(diff <= PARITY_ATOL for diff in diffs.values()), diffs
     # One self-contained ONNX file: no external weight files beside it.
     assert sorted(p.name for p in output_dir.iterdir()) == [
-        "config.json", "model.onnx", "model.pt", "signature.json", "vocab.txt"]
+        "config.json", "model.onnx", "model.pt", "signature.json", "tokenizer_config.json",
+        "vocab.txt"]
     signature = json.loads((output_dir / "signature.json").read_text())
     assert [(t["name"], t["field"], t["data_type"]) for t in signature["inputs"]] == [
         ("input__0", "input_ids", "TYPE_INT64"), ("input__1", "segment_ids", "TYPE_INT64"),
@@ -174,6 +179,52 @@ def test_exports_into_one_folder_list_the_formats_of_one_model(tiny_models, tmp_
     assert f"removed {tmp_path / 'model.onnx'}: exported earlier" in result.stdout
 
 
+def test_a_failed_export_leaves_only_checked_files_listed(tiny_models, tmp_path):
+    """--atol 0 fails ONNX's check (its float sums differ from PyTorch's in the last bits)."""
+    qa = tiny_models["folder"] / "qa.pt"
+    export(tiny_models, tmp_path, "squad", qa)
+    before = {name: (tmp_path / name).read_bytes() for name in ("model.onnx", "model.pt")}
+    failed = export(tiny_models, tmp_path, "squad", qa, "--format", "onnx", "--atol", 0,
+                    check=False)
+    assert failed.returncode == 1 and "does not match PyTorch within --atol 0" in failed.stderr
+    assert "Traceback" not in failed.stderr, failed.stderr  # one line, as every entry script
+    # The same checkpoint's earlier export stays whole and listed; nothing half-made is left.
+    assert {name: (tmp_path / name).read_bytes() for name in before} == before
+    assert json.loads((tmp_path / "signature.json").read_text())["files"] == {
+        "onnx": "model.onnx", "torchscript": "model.pt"}
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []
+    # Another checkpoint's failed export: the earlier files go, and nothing is listed.
+    torch.save({"model": BertForQuestionAnswering(tiny_models["qa"].config).state_dict()},
+               tmp_path / "other.pt")
+    export(tiny_models, tmp_path, "squad", tmp_path / "other.pt", "--format", "onnx",
+           "--atol", 0, check=False)
+    signature = json.loads((tmp_path / "signature.json").read_text())
+    assert signature["files"] == {} and signature["init_checkpoint"] == str(tmp_path / "other.pt")
+    assert not (tmp_path / "model.onnx").exists() and not (tmp_path / "model.pt").exists()
+
+
+def test_a_checkpoint_rewritten_in_place_is_another_checkpoint(tiny_models, tmp_path):
+    checkpoint = tmp_path / "qa.pt"
+    shutil.copyfile(tiny_models["folder"] / "qa.pt", checkpoint)
+    export(tiny_models, tmp_path, "squad", checkpoint, "--format", "torchscript")
+    torch.save({"model": BertForQuestionAnswering(tiny_models["qa"].config).state_dict()},
+               checkpoint)  # retrained: same path, new weights
+    export(tiny_models, tmp_path, "squad", checkpoint, "--format", "onnx")
+    assert json.loads((tmp_path / "signature.json").read_text())["files"] == {
+        "onnx": "model.onnx"}
+    assert not (tmp_path / "model.pt").exists()
+
+
+def test_the_export_records_the_casing_only_when_it_is_known(tiny_models, tmp_path):
+    qa = tiny_models["folder"] / "qa.pt"
+    export(tiny_models, tmp_path, "squad", qa, "--format", "torchscript", "--do_lower_case")
+    assert json.loads((tmp_path / "tokenizer_config.json").read_text()) == {
+        "do_lower_case": True}
+    export(tiny_models, tmp_path, "squad", qa, "--format", "torchscript")
+    assert not (tmp_path / "tokenizer_config.json").exists()  # not a stale casing
+    assert json.loads((tmp_path / "signature.json").read_text())["do_lower_case"] is None
+
+
 def test_export_check_takes_another_batch_and_length_than_the_export(tiny_models, tmp_path):
     """Batch 1 is exported at 2 (torch.export fixes an axis of 1), so the check takes 3; a
     length of 6 is checked at 2."""
@@ -188,7 +239,8 @@ def test_export_check_fails_when_the_export_differs(tiny_models, tmp_path):
     export_model.export_torchscript(export_model.TritonSignature(model).eval(), example,
                                     tmp_path / "model.pt")
     other = BertForQuestionAnswering(model.config).eval()  # other random weights
-    with pytest.raises(AssertionError, match="does not match PyTorch within --atol"):
+    with pytest.raises(export_model.ExportMismatchError,
+                       match="does not match PyTorch within --atol"):
         export_model.check_export("torchscript", tmp_path / "model.pt",
                                   export_model.TritonSignature(other), example, "squad",
                                   PARITY_ATOL, "cpu")
@@ -216,6 +268,27 @@ def test_deployer_writes_a_valid_model_for_each_backend(qa_export, tmp_path, bac
                  'key: "max_position_embeddings"\n  value: { string_value: "64" }'):
         assert line in config, line
     assert "valid" in run_deployment(TRITON / "deployer.py", "--check", model_dir).stdout
+
+
+def test_a_failed_redeploy_leaves_the_deployed_model(qa_export, tmp_path):
+    export_dir = tmp_path / "export"
+    shutil.copytree(qa_export[0], export_dir)
+    deploy = [TRITON / "deployer.py", "--export_dir", export_dir, "--model_repository",
+              tmp_path / "repository", "--model_name", "bert_qa", "--backend", "pytorch"]
+    run_deployment(*deploy)
+    deployed = tmp_path / "repository" / "bert_qa"
+    served = (deployed / "1" / "model.pt").read_bytes()
+    (export_dir / "model.pt").unlink()  # listed in signature.json, but gone
+    failed = run_deployment(*deploy, check=False)
+    assert failed.returncode == 1 and f"error: {export_dir / 'model.pt'}, listed in " \
+        f"{export_dir / 'signature.json'}, does not exist" in failed.stderr, failed.stderr
+    assert (deployed / "1" / "model.pt").read_bytes() == served
+    (export_dir / "signature.json").write_text('{"files": ')  # cut short
+    failed = run_deployment(*deploy, check=False)
+    assert failed.returncode == 1 and failed.stderr.startswith(
+        f"error: {export_dir / 'signature.json'} is not valid JSON"), failed.stderr
+    assert sorted(p.name for p in deployed.iterdir()) == ["1", "config.pbtxt"]
+    assert "valid" in run_deployment(TRITON / "deployer.py", "--check", deployed).stdout
 
 
 def test_a_model_without_implicit_batching_names_the_batch_axis(qa_export, tmp_path):
@@ -360,8 +433,8 @@ def test_triton_server_answers_like_inference_over_http_and_grpc(qa_export, tiny
     best, nbest = inference.main(inference.parse_args([
         "--init_checkpoint", str(tiny_models["folder"] / "qa.pt"),
         "--config_file", str(tiny_models["config"]), "--vocab_file", str(tiny_models["vocab"]),
-        "--question", question, "--context", context, *WINDOW_ARGS]))
-    printed = capsys.readouterr().out
+        "--question", question, "--context", context, *WINDOW_ARGS, "--no-do_lower_case"]))
+    printed = from_the_answer(capsys.readouterr().out)
     assert best and printed.startswith(f"Answer: {best}\n")
 
     http_port, grpc_port = free_port(), free_port()
@@ -379,7 +452,7 @@ def test_triton_server_answers_like_inference_over_http_and_grpc(qa_export, tiny
                 "--url", f"127.0.0.1:{port}", "--model_name", "bert_qa",
                 "--vocab_file", export_dir / "vocab.txt", "--question", question,
                 "--context", context, *WINDOW_ARGS)
-            assert_same_answers(answered.stdout, printed, nbest, protocol)
+            assert_same_answers(from_the_answer(answered.stdout), printed, nbest, protocol)
             too_long = run_deployment(
                 TRITON / "run_squad_client.py", "--protocol", protocol,
                 "--url", f"127.0.0.1:{port}", "--model_name", "bert_qa",
@@ -387,10 +460,24 @@ def test_triton_server_answers_like_inference_over_http_and_grpc(qa_export, tiny
                 "--context", context, *WINDOW_ARGS, "--max_seq_length", 65, check=False)
             assert too_long.returncode != 0 and "error: --max_seq_length 65 is longer than " \
                 "model bert_qa takes (64 positions)" in too_long.stderr, too_long.stderr
+            unknown = run_deployment(
+                TRITON / "run_squad_client.py", "--protocol", protocol,
+                "--url", f"127.0.0.1:{port}", "--model_name", "bert_nope",
+                "--vocab_file", export_dir / "vocab.txt", check=False)
+            assert unknown.returncode == 1 and (
+                f"\nrun_squad_client.py: error: --url 127.0.0.1:{port} ({protocol}), "
+                "--model_name bert_nope: ") in unknown.stderr, unknown.stderr
+            assert "Traceback" not in unknown.stderr, unknown.stderr
     finally:
         returncode = stop(server)
     assert returncode == 0, log_path.read_text()[-3000:]
     assert processes_mentioning(str(repository)) == [], "server processes left behind"
+
+
+def from_the_answer(output):
+    """The output from its answer line on, without the casing warnings logged before it
+    (the cased text meets a lower-case vocabulary on purpose)."""
+    return output[output.index("Answer: "):]
 
 
 def assert_same_answers(client_output, inference_output, nbest, protocol):

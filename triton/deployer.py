@@ -27,9 +27,11 @@ TensorRT execution provider instead).
 import argparse
 import difflib
 import json
+import os
 import re
 import shutil
 import sys
+import tempfile
 from pathlib import Path
 
 from google.protobuf import text_format
@@ -156,38 +158,78 @@ def config_text(args, signature):
 
 
 def read_signature(export_dir, backend):
+    """export_model.py's signature.json, checked to list an existing export in the format
+    --backend serves. (This environment has no torch, so not utils.read_json_object.)"""
     path = Path(export_dir) / "signature.json"
+    rerun = "rerun triton/export_model.py with --output_dir set to --export_dir"
     if not path.is_file():
         raise FileNotFoundError(f"{path} does not exist: --export_dir must be the "
                                 f"--output_dir of triton/export_model.py")
-    signature = json.loads(path.read_text())
+    try:
+        signature = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise ValueError(f"{path} is not valid JSON ({error}): {rerun}") from None
+    if not isinstance(signature, dict) or not isinstance(signature.get("files"), dict):
+        raise ValueError(f"{path} lists no exported files: {rerun}")
     fmt = BACKENDS[backend][1]
     if fmt not in signature["files"]:
         raise FileNotFoundError(f"{export_dir} holds no {fmt} export, which --backend "
                                 f"{backend} serves: rerun export_model.py with --format {fmt}")
+    export_file = Path(export_dir) / signature["files"][fmt]
+    if not export_file.is_file():
+        raise FileNotFoundError(f"{export_file}, listed in {path}, does not exist: rerun "
+                                f"export_model.py with --format {fmt}")
     return signature
 
 
 def write_model(args):
-    """<repository>/<name>/config.pbtxt + <version>/<model files> (a version directory
-    already there is replaced); returns the model directory."""
+    """<repository>/<name>/config.pbtxt + <version>/<model files>; returns the model
+    directory. A version directory already there is replaced only by a complete new one,
+    and config.pbtxt atomically: a failed run leaves the deployed model as it was."""
     signature = read_signature(args.export_dir, args.backend)
     model_dir = Path(args.model_repository) / args.model_name
-    version_dir = model_dir / str(args.model_version)
     text = config_text(args, signature)
     where = f"the config for {model_dir}"
     check_config(parse_config(text, where), where)  # nothing is written for a bad config
-    if version_dir.exists():
-        shutil.rmtree(version_dir)
-    version_dir.mkdir(parents=True)
-    export_file = Path(args.export_dir) / signature["files"][BACKENDS[args.backend][1]]
-    shutil.copyfile(export_file, version_dir / export_file.name)
-    if args.backend == "python":
-        shutil.copyfile(PYTHON_MODEL_SOURCE, version_dir / "model.py")
-    (model_dir / "config.pbtxt").write_text(text)
+    model_dir.mkdir(parents=True, exist_ok=True)
+    # A name Triton skips (not a version number), in the folder it is renamed within.
+    staging = Path(tempfile.mkdtemp(dir=model_dir, prefix=f".{args.model_version}."))
+    try:
+        os.chmod(staging, 0o777 & ~_umask())  # mkdtemp makes it owner-only; servers read it
+        export_file = Path(args.export_dir) / signature["files"][BACKENDS[args.backend][1]]
+        shutil.copyfile(export_file, staging / export_file.name)
+        if args.backend == "python":
+            shutil.copyfile(PYTHON_MODEL_SOURCE, staging / "model.py")
+        _replace_dir(staging, model_dir / str(args.model_version))
+        _write_atomically(model_dir / "config.pbtxt", text)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
     check_model_dir(model_dir)
     print(f"wrote {model_dir} ({args.backend}, max_batch_size {args.max_batch_size})")
     return model_dir
+
+
+def _replace_dir(source, target):
+    """Renames folder `source` onto `target`; a `target` already there is moved aside
+    first and removed after (a folder cannot be renamed onto a non-empty one)."""
+    aside = target.with_name(f".{target.name}.replaced")
+    shutil.rmtree(aside, ignore_errors=True)
+    if target.exists():
+        target.rename(aside)
+    source.rename(target)
+    shutil.rmtree(aside, ignore_errors=True)
+
+
+def _write_atomically(path, text):
+    temporary = path.with_name(f".{path.name}.tmp")
+    temporary.write_text(text, encoding="utf-8")
+    os.replace(temporary, path)
+
+
+def _umask():
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 # ----------------------------------------------------------------------------- checking
@@ -300,5 +342,5 @@ def main(args):
 if __name__ == "__main__":
     try:
         main(parse_args())
-    except (ConfigError, FileNotFoundError) as error:
+    except (ValueError, OSError) as error:  # ConfigError is a ValueError
         sys.exit(f"error: {error}")

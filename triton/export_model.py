@@ -8,7 +8,9 @@ TorchScript for Triton, and checks each export against PyTorch on fresh random i
 Run it with the deployment environment (triton/setup_env.sh builds triton/.venv): the ONNX
 exporter needs onnx and onnxscript, the check needs onnxruntime. The output directory gets
 model.onnx (one self-contained file, opset --opset), model.pt (TorchScript), config.json,
-vocab.txt and signature.json, which names every tensor for triton/deployer.py:
+vocab.txt, tokenizer_config.json (the casing, when known: --do_lower_case or the checkpoint
+directory's; triton/run_squad_client.py reads it) and signature.json, which names every
+tensor for triton/deployer.py:
 
     input__0  input_ids    (batch, seq)  int64 or int32 (--input_dtype)
     input__1  segment_ids  (batch, seq)
@@ -19,7 +21,11 @@ vocab.txt and signature.json, which names every tensor for triton/deployer.py:
 
 Batch and sequence axes are dynamic in both formats. The check runs every export on a batch
 whose size, length and padding differ from the example used to export it, and fails when
-the largest absolute difference from PyTorch exceeds --atol.
+the largest absolute difference from PyTorch exceeds --atol. An export is written under a
+temporary name and takes its final one only once it passes, and signature.json lists only
+files that passed and belong to this checkpoint: a failed run leaves no unchecked model that
+the deployer would serve. A second run into the same folder keeps the first run's other
+format when the checkpoint file is unchanged (its path, size and modification time).
 
 Deliberate deviations from NVIDIA's triton/ export (model_navigator): one script writes
 both formats and the tensor signature, no navigator or TensorRT conversion, float32 only
@@ -31,7 +37,6 @@ whichever GPU or CPU instance it loads it on, whatever --device traced it.
 import argparse
 import contextlib
 import json
-import shutil
 import sys
 import warnings
 from pathlib import Path
@@ -43,6 +48,7 @@ import utils  # noqa: E402,F401 - first: hides this folder from `import triton` 
 import finetuning  # noqa: E402
 import model as modeling  # noqa: E402
 import torch  # noqa: E402
+from tokenization import vocab_file_text  # noqa: E402
 
 INPUTS = [("input__0", "input_ids"), ("input__1", "segment_ids"), ("input__2", "input_mask")]
 OUTPUTS = {"squad": [("output__0", "start_logits"), ("output__1", "end_logits")],
@@ -50,6 +56,10 @@ OUTPUTS = {"squad": [("output__0", "start_logits"), ("output__1", "end_logits")]
 TRITON_TYPES = {torch.int32: "TYPE_INT32", torch.int64: "TYPE_INT64",
                 torch.float32: "TYPE_FP32"}
 FILE_NAMES = {"onnx": "model.onnx", "torchscript": "model.pt"}
+
+
+class ExportMismatchError(ValueError):
+    """An export whose outputs differ from PyTorch's: reported in one line, not a crash."""
 
 
 def parse_args(argv=None):
@@ -61,6 +71,10 @@ def parse_args(argv=None):
     parser.add_argument("--config_file", default=None, help="BERT config JSON")
     parser.add_argument("--vocab_file", default=None,
                         help="WordPiece vocabulary, copied beside the model for the clients")
+    parser.add_argument("--do_lower_case", action=argparse.BooleanOptionalAction, default=None,
+                        help="the model's casing, recorded for the clients (default: an "
+                             "--init_checkpoint directory's tokenizer_config.json; else not "
+                             "recorded, and the client needs the flag)")
     parser.add_argument("--num_labels", type=int, default=None,
                         help="classification only (default: the rows of the checkpoint's "
                              "classifier)")
@@ -166,7 +180,7 @@ def check_export(fmt, path, wrapper, inputs, task, atol, device):
     failures = []
     for (name, field), want, got in zip(OUTPUTS[task], expected, found):
         if got.shape != want.shape:
-            raise AssertionError(f"{path}: {name} ({field}) has shape {tuple(got.shape)}, "
+            raise ExportMismatchError(f"{path}: {name} ({field}) has shape {tuple(got.shape)}, "
                                  f"PyTorch gives {tuple(want.shape)}")
         diff = (got.float() - want.float()).abs().max().item()
         print(f"{fmt}: {name} ({field}) max abs diff {diff:.3e} "
@@ -174,7 +188,7 @@ def check_export(fmt, path, wrapper, inputs, task, atol, device):
         if not diff <= atol:
             failures.append(f"{name} ({field}) differs by {diff:.3e}")
     if failures:
-        raise AssertionError(f"{path} does not match PyTorch within --atol {atol:g}: "
+        raise ExportMismatchError(f"{path} does not match PyTorch within --atol {atol:g}: "
                              + "; ".join(failures))
 
 
@@ -192,6 +206,40 @@ def signature(task, input_dtype, model_config, num_labels):
                      "dims": output_dims} for name, field in OUTPUTS[task]],
         "files": {},
     }
+
+
+def checkpoint_stamp(init_checkpoint):
+    """[size, modification time in ns] of the checkpoint file, or of each file of a
+    checkpoint directory: a checkpoint retrained in place gets another stamp."""
+    path = Path(init_checkpoint)
+    files = sorted(p for p in path.iterdir() if p.is_file()) if path.is_dir() else [path]
+    return {p.name: [p.stat().st_size, p.stat().st_mtime_ns] for p in files}
+
+
+def describe(args, model_config, input_dtype):
+    """signature.json's content, with what identifies the checkpoint and how clients
+    tokenize for it (casing, classification label names)."""
+    described = signature(args.task, input_dtype, model_config, args.num_labels)
+    described["init_checkpoint"] = str(Path(args.init_checkpoint).resolve())
+    described["init_checkpoint_stamp"] = checkpoint_stamp(args.init_checkpoint)
+    described["do_lower_case"] = (args.do_lower_case if args.do_lower_case is not None
+                                  else finetuning.recorded_lower_case(args.init_checkpoint))
+    if args.task == "classification":
+        described["label_names"] = finetuning.checkpoint_label_names(args.init_checkpoint)
+    return described
+
+
+def write_description(output_dir, described):
+    """signature.json and tokenizer_config.json (only with a known casing: a stale one
+    would mislead the client), each atomically."""
+    casing = output_dir / "tokenizer_config.json"
+    if described["do_lower_case"] is None:
+        casing.unlink(missing_ok=True)
+    else:
+        utils.atomic_write_text(casing, json.dumps(
+            {"do_lower_case": described["do_lower_case"]}, indent=2) + "\n")
+    utils.atomic_write_text(output_dir / "signature.json",
+                            json.dumps(described, indent=2) + "\n")
 
 
 def earlier_exports(output_dir, described):
@@ -258,23 +306,24 @@ def main(args):
 
     output_dir = Path(args.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    described = signature(args.task, input_dtype, model.config, args.num_labels)
-    described["init_checkpoint"] = str(Path(args.init_checkpoint).resolve())
+    described = describe(args, model.config, input_dtype)
     described["files"] = earlier_exports(output_dir, described)
+    model.config.to_json_file(output_dir / "config.json")
+    utils.atomic_write_text(output_dir / "vocab.txt", vocab_file_text(args.vocab_file))
+    write_description(output_dir, described)
     for fmt in args.format:
         path = output_dir / FILE_NAMES[fmt]
-        if fmt == "onnx":
-            export_onnx(wrapper, example, path, args.task, args.opset)
-        else:
-            export_torchscript(wrapper, example, path)
-        check_export(fmt, path, wrapper, fresh, args.task, args.atol, device)
+        with utils.atomic_path(path) as partial:  # the final name only once it passes
+            if fmt == "onnx":
+                export_onnx(wrapper, example, partial, args.task, args.opset)
+            else:
+                export_torchscript(wrapper, example, partial)
+            check_export(fmt, partial, wrapper, fresh, args.task, args.atol, device)
         described["files"][fmt] = path.name
-    model.config.to_json_file(output_dir / "config.json")
-    shutil.copyfile(args.vocab_file, output_dir / "vocab.txt")
-    utils.atomic_write_text(output_dir / "signature.json", json.dumps(described, indent=2) + "\n")
+        write_description(output_dir, described)
     print(f"exported {', '.join(args.format)} to {output_dir}")
     return described
 
 
 if __name__ == "__main__":
-    main(parse_args())
+    utils.run_entry_point(main, parse_args)

@@ -2,14 +2,16 @@
 question-answering BERT exported by triton/export_model.py, and prints the answer.
 
     triton/.venv/bin/python triton/run_squad_client.py --url 127.0.0.1:8001 --protocol grpc \\
-        --model_name bert_qa --vocab_file results/triton_export/vocab.txt --do_lower_case \\
+        --model_name bert_qa --vocab_file results/triton_export/vocab.txt \\
         --question "Who wrote Moby-Dick?" --context "Moby-Dick is an 1851 novel by Herman Melville."
 
 The work around the model is inference.py's own `answer`: the same tokenization, windows
 (--max_seq_length, --doc_stride, --max_query_length) and n-best decoding (squad.py), so the
 answer is the one `python inference.py` prints for the same model and flags. Only the
 forward pass is replaced: the windows go to the server in batches of at most the model's
-max_batch_size, with the input dtype the model declares.
+max_batch_size, with the input dtype the model declares. Without --do_lower_case (or
+--no-do_lower_case) the casing is the one export_model.py recorded in tokenizer_config.json
+beside --vocab_file, else the one --bert_model's name implies.
 
 Deliberate deviations from NVIDIA's run_squad_client.py: one question from the command line
 (or --context_file; neither: inference.py's sample) rather than a SQuAD file; the answer
@@ -28,7 +30,7 @@ import utils  # noqa: E402 - first: hides this folder from `import triton` (see 
 import inference  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-from finetuning import do_lower_case  # noqa: E402
+from finetuning import do_lower_case, recorded_lower_case  # noqa: E402
 from tokenization import FullTokenizer  # noqa: E402
 
 INPUT_NAMES = ["input__0", "input__1", "input__2"]  # input_ids, segment_ids, input_mask
@@ -77,8 +79,14 @@ class TritonQuestionAnswering:
         self.module, self.client = triton_client(protocol, url)
         self.model_name, self.model_version = model_name, model_version
         as_json = {"as_json": True} if protocol == "grpc" else {}  # http gives dicts
-        metadata = self.client.get_model_metadata(model_name, model_version, **as_json)
-        config = self.client.get_model_config(model_name, model_version, **as_json)
+        from tritonclient.utils import InferenceServerException
+        try:
+            metadata = self.client.get_model_metadata(model_name, model_version, **as_json)
+            config = self.client.get_model_config(model_name, model_version, **as_json)
+        except (InferenceServerException, OSError) as error:  # no server, no such model
+            raise ValueError(f"--url {url} ({protocol}), --model_name {model_name}"
+                             f"{f' version {model_version}' if model_version else ''}: "
+                             f"{error}") from None
         config = config.get("config", config)  # grpc wraps it
         self.datatypes = {tensor["name"]: tensor["datatype"] for tensor in metadata["inputs"]}
         missing = [name for name in INPUT_NAMES if name not in self.datatypes]
@@ -124,6 +132,9 @@ class TritonQuestionAnswering:
 
 def main(args):
     question, context = inference.question_and_context(args)
+    if args.do_lower_case is None:
+        args.do_lower_case = recorded_lower_case(Path(args.vocab_file).parent,
+                                                 "the export beside --vocab_file,")
     tokenizer = FullTokenizer(args.vocab_file, do_lower_case(args))
     model = TritonQuestionAnswering(args.protocol, args.url, args.model_name,
                                     args.model_version)
