@@ -19,6 +19,9 @@ tensor for triton/deployer.py:
     output__1 end_logits   (batch, seq)  float32      [squad]
     output__0 logits       (batch, num_labels) float32 [classification]
 
+and, for a classifier from a Hugging Face directory, label_names: its config.json's labels
+in the order of the logits (the checkpoint's own order, which run_glue.py may reorder).
+
 Batch and sequence axes are dynamic in both formats. The check runs every export on a batch
 whose size, length and padding differ from the example used to export it, and fails when
 the largest absolute difference from PyTorch exceeds --atol. An export is written under a
