@@ -366,9 +366,36 @@ def follow_rank(rank_pid):
     rank handles to the rank (Slurm sends TERM/USR1 to every process of a job step), and
     dies with the rank (Linux PR_SET_PDEATHSIG) instead of living on as an orphan that holds
     the job's output open when the rank is killed."""
+    leave_signals_to_rank()
+    utils.die_with_parent(rank_pid)
+
+
+def leave_signals_to_rank():
     for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1):
         signal.signal(signum, signal.SIG_IGN)
-    utils.die_with_parent(rank_pid)
+
+
+def leave_signals_to_rank_in_worker(worker_id):
+    """worker_init_fn of LDDL's loader workers. torch's workers die of a TERM that is not
+    from their rank, and the rank with them ("DataLoader worker exited unexpectedly"),
+    before it could checkpoint; Slurm sends TERM to every process of the job step. (torch's
+    workers end by themselves when their rank dies.)"""
+    leave_signals_to_rank()
+
+
+def stop_loader_workers(loader):
+    """Ends the persistent workers of LDDL's loader (a torch DataLoader, or one per bin):
+    torch's own shutdown first (it stops watching them, then asks them to finish), then a
+    kill for any it left, as they ignore the TERM it would end them with."""
+    for torch_loader in getattr(loader, "_dataloaders", [loader]):
+        iterator = getattr(torch_loader, "_iterator", None)
+        workers = list(getattr(iterator, "_workers", []))
+        if hasattr(iterator, "_shutdown_workers"):
+            iterator._shutdown_workers()
+        for worker in workers:
+            if worker.is_alive():
+                worker.kill()
+                worker.join()
 
 
 def stop_reader(process, connection):
@@ -542,9 +569,14 @@ class LddlBatches:
         self.loader = get_bert_pretrain_data_loader(
             str(files[0].parent), local_rank=max(local_rank, 0), vocab_file=str(vocab_file),
             data_loader_kwargs={"batch_size": micro_batch, "num_workers": num_workers,
-                                "pin_memory": torch.cuda.is_available()},
+                                "pin_memory": torch.cuda.is_available(),
+                                "worker_init_fn": leave_signals_to_rank_in_worker},
             base_seed=seed, log_dir=str(log_dir), log_level=logging.WARNING,
             start_epoch=position.epoch)
+        # Runs at close(), when this object is collected, or at exit before multiprocessing
+        # terminates and joins its children (workers that ignore TERM: forever).
+        self._stop = multiprocessing.util.Finalize(self, stop_loader_workers, (self.loader,),
+                                                   exitpriority=100)
 
     def __iter__(self):
         while True:
@@ -575,4 +607,4 @@ class LddlBatches:
                                  f"go with the config")
 
     def close(self):
-        pass
+        self._stop()

@@ -15,6 +15,8 @@ balance_dask_output produce with static masking (--masking):
 import io
 import json
 import random
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -27,7 +29,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 import run_pretraining
-from conftest import sample_documents, write_vocab
+from conftest import REPO, sample_documents, write_vocab
 from pretraining_data import LddlBatches, Position, find_input_files
 from tokenization import FullTokenizer, load_vocab
 
@@ -262,3 +264,45 @@ def test_shards_in_several_folders_are_refused_by_name(unbinned, binned):
     with pytest.raises(ValueError, match=f"--input_dir {parent} holds LDDL .parquet shards in "
                                          "2 folders .*: pass the one to train on"):
         find_input_files(parent)
+
+
+# What Slurm does at pre-emption or the time limit: TERM to every process of the job step,
+# the loader's workers included. The rank must see its flag and go on loading, then stop
+# the workers (they ignore TERM) when it closes, or at exit after an error.
+SIGNALLED_RANK = """
+import os, signal, sys
+from pathlib import Path
+import utils
+from pretraining_data import LddlBatches, Position, find_input_files
+_, files = find_input_files(sys.argv[1])
+source = LddlBatches(files, sys.argv[2], 8, local_rank=-1, world_size=1, seed=7,
+                     position=Position(), num_workers=2, log_dir=Path(sys.argv[3]))
+flag = utils.PreemptionFlag()
+stream = iter(source)
+next(stream)
+workers = [w.pid for w in source.loader._iterator._workers]
+for pid in workers + [os.getpid()]:
+    os.kill(pid, signal.SIGTERM)
+for _ in range(4):
+    next(stream)  # still loading: the rank can save its checkpoint
+print("flag", flag.received, flush=True)
+if sys.argv[4] == "close":
+    source.close()
+    print("alive", [pid for pid in workers if os.path.exists(f"/proc/{pid}")], flush=True)
+else:
+    raise ValueError("an error before close(): the exit must not wait for the workers")
+"""
+
+
+@pytest.mark.parametrize("ending", ["close", "error"])
+def test_a_rank_signalled_with_its_loader_workers_keeps_loading(corpus, unbinned, tmp_path,
+                                                                ending):
+    _, vocab, _, _ = corpus
+    result = subprocess.run([sys.executable, "-c", SIGNALLED_RANK, str(unbinned), str(vocab),
+                             str(tmp_path), ending], cwd=REPO, capture_output=True, text=True,
+                            timeout=120)
+    assert "flag SIGTERM" in result.stdout, result.stderr
+    if ending == "close":
+        assert result.returncode == 0 and "alive []" in result.stdout, result.stderr
+    else:
+        assert result.returncode == 1 and "ValueError: an error before close()" in result.stderr
