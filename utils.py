@@ -480,16 +480,28 @@ def cpu_runs_natively(precision):
     return bool(flags & NATIVE_CPU_FLAGS[precision])
 
 
+FIRST_NATIVE_BF16_CUDA_CAPABILITY = 8  # Ampere (A100); V100 is 7.0, T4 7.5
+
+
 def warn_if_emulated(precision, device):
     """Mixed precision on a CPU without matrix instructions for it is emulated: on a 2-core
     AVX2 EPYC (Zen 3) a BERT-base feed-forward product (1024x768 by 768x3072) ran at 1.0
-    GFLOP/s in bf16 and in fp16 against 161 in fp32. Say so instead of letting a run crawl."""
+    GFLOP/s in bf16 and in fp16 against 161 in fp32. Say so instead of letting a run crawl;
+    likewise for bf16 on a GPU older than Ampere."""
     if device.type == "cpu" and cpu_runs_natively(precision) is False:
         logger.warning("--%s on a CPU without %s matrix instructions (none of %s in "
                        "/proc/cpuinfo): torch emulates them and matrix products run over "
                        "100x slower than in fp32; leave out --%s on this machine",
                        precision, precision, ", ".join(sorted(NATIVE_CPU_FLAGS[precision])),
                        precision)
+    # torch.cuda.is_bf16_supported() says yes on these since torch 2.3, and autocast runs.
+    if device.type == "cuda" and precision == "bf16":
+        major, minor = torch.cuda.get_device_capability(device)
+        if major < FIRST_NATIVE_BF16_CUDA_CAPABILITY:
+            logger.warning("--bf16 on %s (compute capability %d.%d): bf16 tensor cores came "
+                           "with Ampere (8.0), and torch emulates bf16 here, slower than "
+                           "fp32; use --fp16 on this GPU", torch.cuda.get_device_name(device),
+                           major, minor)
 
 
 class CompiledOrEager:

@@ -193,6 +193,20 @@ def test_emulated_mixed_precision_is_warned_about(tmp_path, monkeypatch, caplog)
     assert "leave out --bf16" in record.getMessage()
 
 
+@pytest.mark.parametrize("capability, warned", [((7, 0), True), ((8, 0), False)])
+def test_bf16_on_a_gpu_before_ampere_is_warned_about(monkeypatch, caplog, capability,
+                                                     warned):
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device: capability)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device: "Tesla V100")
+    with caplog.at_level("WARNING", logger="bert"):
+        utils.warn_if_emulated("bf16", torch.device("cuda", 0))
+        utils.warn_if_emulated("fp16", torch.device("cuda", 0))
+    messages = [record.getMessage() for record in caplog.records]
+    assert messages == (["--bf16 on Tesla V100 (compute capability 7.0): bf16 tensor cores "
+                         "came with Ampere (8.0), and torch emulates bf16 here, slower than "
+                         "fp32; use --fp16 on this GPU"] if warned else [])
+
+
 def test_rng_states_come_back_per_rank_or_are_seeded_afresh(caplog):
     """Saved by as many ranks, each rank takes its own state; by another number, sharing
     them out would give two ranks one dropout stream: each seeds afresh instead."""
