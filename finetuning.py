@@ -66,8 +66,8 @@ def add_finetuning_args(parser, learning_rate, epochs, batch_size):
                         help="BERT config JSON (default: config.json in a Hugging Face "
                              "--init_checkpoint directory)")
     parser.add_argument("--vocab_file", default=None,
-                        help="WordPiece vocabulary (default: vocab.txt in a Hugging Face "
-                             "--init_checkpoint directory)")
+                        help="WordPiece vocabulary: a vocab.txt or a tokenizer.json (default: "
+                             "either in a Hugging Face --init_checkpoint directory)")
     parser.add_argument("--do_lower_case", action=argparse.BooleanOptionalAction,
                         default=None, help="lower-case input (default: as an --init_checkpoint "
                                            "directory's tokenizer_config.json says, else "

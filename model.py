@@ -50,7 +50,7 @@ import torch.nn.functional as F
 import torch.utils.checkpoint
 from torch import nn
 
-from tokenization import vocab_file_text
+from tokenization import vocab_txt_bytes
 from utils import (CompiledOrEager, atomic_write_text, current_umask, load_tensors,
                    logger)
 
@@ -981,7 +981,7 @@ def export_huggingface(model, vocab_file, output_dir, do_lower_case=True, label_
                             "model_max_length": config.max_position_embeddings}
         (staging / "tokenizer_config.json").write_text(
             json.dumps(tokenizer_config, indent=2) + "\n")
-        (staging / "vocab.txt").write_text(vocab_file_text(vocab_file), encoding="utf-8")
+        (staging / "vocab.txt").write_bytes(vocab_txt_bytes(vocab_file))
         if output_dir.exists():
             shutil.rmtree(output_dir)
         os.replace(staging, output_dir)

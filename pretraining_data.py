@@ -56,6 +56,7 @@ import numpy as np
 import torch
 
 import utils
+from tokenization import is_tokenizer_json
 
 KEYS = ("input_ids", "input_mask", "segment_ids", "masked_lm_positions", "masked_lm_ids",
         "next_sentence_labels")
@@ -375,6 +376,11 @@ def leave_signals_to_rank():
         signal.signal(signum, signal.SIG_IGN)
 
 
+# Fork where there is one (Linux, as the HDF5 reader); Python 3.14's default there is
+# forkserver, whose workers would die of a TERM that comes before worker_init_fn.
+WORKER_START_METHOD = "fork" if "fork" in multiprocessing.get_all_start_methods() else None
+
+
 def leave_signals_to_rank_in_worker(worker_id):
     """worker_init_fn of LDDL's loader workers. torch's workers die of a TERM that is not
     from their rank, and the rank with them ("DataLoader worker exited unexpectedly"),
@@ -556,6 +562,9 @@ class LddlBatches:
                               f"pip install --no-deps lddl==0.1.0 pyarrow") from None
         if vocab_file is None:
             raise ValueError("LDDL Parquet shards need --vocab_file (LDDL tokenizes at load time)")
+        if is_tokenizer_json(vocab_file):
+            raise ValueError(f"--vocab_file {vocab_file}: LDDL reads a vocab.txt (one token a "
+                             "line), not a tokenizer.json")
         # LDDL keeps its workers alive between epochs, which needs at least one.
         num_workers = max(1, num_workers)
         shard_sets = {re.sub(r"_\d+$", "", f.name) for f in files}
@@ -570,7 +579,10 @@ class LddlBatches:
             str(files[0].parent), local_rank=max(local_rank, 0), vocab_file=str(vocab_file),
             data_loader_kwargs={"batch_size": micro_batch, "num_workers": num_workers,
                                 "pin_memory": torch.cuda.is_available(),
-                                "worker_init_fn": leave_signals_to_rank_in_worker},
+                                "worker_init_fn": leave_signals_to_rank_in_worker,
+                                # Forked workers start with the rank's handlers (a flag
+                                # only) until worker_init_fn: a TERM before it is harmless.
+                                "multiprocessing_context": WORKER_START_METHOD},
             base_seed=seed, log_dir=str(log_dir), log_level=logging.WARNING,
             start_epoch=position.epoch)
         # Runs at close(), when this object is collected, or at exit before multiprocessing

@@ -119,14 +119,20 @@ def _tokenizer_json_vocab(vocab_file, text):
     return collections.OrderedDict(by_id)
 
 
-def vocab_file_text(vocab_file):
-    """The text of a vocab.txt for the vocabulary in `vocab_file`: a vocab.txt's own text,
-    or a tokenizer.json's tokens one per line in id order."""
+def vocab_txt_bytes(vocab_file):
+    """The bytes of a vocab.txt for the vocabulary in `vocab_file`: a vocab.txt's own, byte
+    for byte; a tokenizer.json's tokens one per line in id order (refused where a token
+    could not stand on a line of its own: the ids after it would shift)."""
+    vocab_file = os.fspath(vocab_file)
     vocab = load_vocab(vocab_file)  # checks the file in either form
-    if is_tokenizer_json(vocab_file):
-        return "".join(f"{token}\n" for token in vocab)
-    with open(vocab_file, encoding="utf-8") as reader:
-        return reader.read()
+    if not is_tokenizer_json(vocab_file):
+        with open(vocab_file, "rb") as reader:
+            return reader.read()
+    for token in vocab:
+        if token != token.rstrip() or len(token.splitlines()) != 1:
+            raise ValueError(f"vocab file {vocab_file!r}: token {token!r} cannot be a line of "
+                             "a vocab.txt (it ends in or holds a line break or space)")
+    return "".join(f"{token}\n" for token in vocab).encode("utf-8")
 
 
 # Above this share of characters that are not UTF-8, input is taken for binary, not text.

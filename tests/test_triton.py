@@ -203,6 +203,24 @@ def test_a_failed_export_leaves_only_checked_files_listed(tiny_models, tmp_path)
     assert not (tmp_path / "model.onnx").exists() and not (tmp_path / "model.pt").exists()
 
 
+def test_a_casing_change_or_an_export_by_the_earlier_script_keeps_the_other_format(
+        tiny_models, tmp_path):
+    qa = tiny_models["folder"] / "qa.pt"
+    export(tiny_models, tmp_path, "squad", qa, "--format", "torchscript", "--do_lower_case")
+    export(tiny_models, tmp_path, "squad", qa, "--format", "onnx")  # casing: not the model
+    path = tmp_path / "signature.json"
+    assert json.loads(path.read_text())["files"] == {"torchscript": "model.pt",
+                                                     "onnx": "model.onnx"}
+    # As the script wrote it before it recorded the checkpoint's stamp and the casing.
+    earlier = json.loads(path.read_text())
+    for key in ("init_checkpoint_stamp", "do_lower_case", "label_names"):
+        earlier.pop(key, None)
+    path.write_text(json.dumps(earlier))
+    export(tiny_models, tmp_path, "squad", qa, "--format", "torchscript")
+    assert json.loads(path.read_text())["files"] == {"torchscript": "model.pt",
+                                                     "onnx": "model.onnx"}
+
+
 def test_a_checkpoint_rewritten_in_place_is_another_checkpoint(tiny_models, tmp_path):
     checkpoint = tmp_path / "qa.pt"
     shutil.copyfile(tiny_models["folder"] / "qa.pt", checkpoint)
@@ -286,9 +304,48 @@ def test_a_failed_redeploy_leaves_the_deployed_model(qa_export, tmp_path):
     (export_dir / "signature.json").write_text('{"files": ')  # cut short
     failed = run_deployment(*deploy, check=False)
     assert failed.returncode == 1 and failed.stderr.startswith(
-        f"error: {export_dir / 'signature.json'} is not valid JSON"), failed.stderr
+        f"error: --export_dir's {export_dir / 'signature.json'}: not valid JSON"), failed.stderr
     assert sorted(p.name for p in deployed.iterdir()) == ["1", "config.pbtxt"]
     assert "valid" in run_deployment(TRITON / "deployer.py", "--check", deployed).stdout
+
+
+# A redeploy that fails while copying the model (a full disk) or while renaming the new
+# version into place, in the deployment environment.
+FAILING_REDEPLOY = """
+import errno, shutil, sys
+from pathlib import Path
+sys.argv = ["deployer.py", *sys.argv[2:]]
+sys.path.insert(0, "triton")
+import deployer
+def fail(*_):
+    raise OSError(errno.ENOSPC, "No space left on device")
+if sys.argv_mode == "copy":
+    deployer.shutil.copyfile = fail
+else:
+    rename = Path.rename
+    Path.rename = lambda self, target: (fail() if self.name.startswith(".1.") and
+                                        not self.name.endswith(".replaced")
+                                        else rename(self, target))
+deployer.main(deployer.parse_args())
+"""
+
+
+@pytest.mark.parametrize("failing", ["copy", "rename"])
+def test_a_redeploy_that_fails_midway_keeps_the_deployed_version(qa_export, tmp_path,
+                                                                 failing):
+    export_dir, _ = qa_export
+    deploy = ["--export_dir", export_dir, "--model_repository", tmp_path,
+              "--model_name", "bert_qa", "--backend", "pytorch"]
+    run_deployment(TRITON / "deployer.py", *deploy)
+    deployed = tmp_path / "bert_qa"
+    before = {p.relative_to(deployed): p.read_bytes() for p in deployed.rglob("*")
+              if p.is_file()}
+    script = FAILING_REDEPLOY.replace("sys.argv_mode", repr(failing))
+    failed = run_deployment("-c", script, "x", *deploy, "--max_batch_size", 4, check=False)
+    assert failed.returncode == 1 and "No space left on device" in failed.stderr
+    after = {p.relative_to(deployed): p.read_bytes() for p in deployed.rglob("*")
+             if p.is_file()}
+    assert after == before  # the same files, config.pbtxt (max_batch_size) included
 
 
 def test_a_model_without_implicit_batching_names_the_batch_axis(qa_export, tmp_path):

@@ -26,7 +26,6 @@ TensorRT execution provider instead).
 
 import argparse
 import difflib
-import json
 import os
 import re
 import shutil
@@ -36,6 +35,9 @@ from pathlib import Path
 
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import utils  # noqa: E402 - hides this folder from `import triton` (see utils)
 
 HERE = Path(__file__).resolve().parent
 PYTHON_MODEL_SOURCE = HERE / "onnx_python_model.py"
@@ -159,18 +161,14 @@ def config_text(args, signature):
 
 def read_signature(export_dir, backend):
     """export_model.py's signature.json, checked to list an existing export in the format
-    --backend serves. (This environment has no torch, so not utils.read_json_object.)"""
+    --backend serves."""
     path = Path(export_dir) / "signature.json"
-    rerun = "rerun triton/export_model.py with --output_dir set to --export_dir"
     if not path.is_file():
         raise FileNotFoundError(f"{path} does not exist: --export_dir must be the "
                                 f"--output_dir of triton/export_model.py")
-    try:
-        signature = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise ValueError(f"{path} is not valid JSON ({error}): {rerun}") from None
-    if not isinstance(signature, dict) or not isinstance(signature.get("files"), dict):
-        raise ValueError(f"{path} lists no exported files: {rerun}")
+    signature = utils.read_json_object(path, "--export_dir's")
+    if not isinstance(signature.get("files"), dict):
+        raise ValueError(f"{path} lists no exported files: rerun triton/export_model.py")
     fmt = BACKENDS[backend][1]
     if fmt not in signature["files"]:
         raise FileNotFoundError(f"{export_dir} holds no {fmt} export, which --backend "
@@ -195,13 +193,13 @@ def write_model(args):
     # A name Triton skips (not a version number), in the folder it is renamed within.
     staging = Path(tempfile.mkdtemp(dir=model_dir, prefix=f".{args.model_version}."))
     try:
-        os.chmod(staging, 0o777 & ~_umask())  # mkdtemp makes it owner-only; servers read it
+        os.chmod(staging, 0o777 & ~utils.current_umask())  # mkdtemp: owner-only
         export_file = Path(args.export_dir) / signature["files"][BACKENDS[args.backend][1]]
         shutil.copyfile(export_file, staging / export_file.name)
         if args.backend == "python":
             shutil.copyfile(PYTHON_MODEL_SOURCE, staging / "model.py")
         _replace_dir(staging, model_dir / str(args.model_version))
-        _write_atomically(model_dir / "config.pbtxt", text)
+        utils.atomic_write_text(model_dir / "config.pbtxt", text)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     check_model_dir(model_dir)
@@ -211,25 +209,19 @@ def write_model(args):
 
 def _replace_dir(source, target):
     """Renames folder `source` onto `target`; a `target` already there is moved aside
-    first and removed after (a folder cannot be renamed onto a non-empty one)."""
+    first (a folder cannot be renamed onto a non-empty one), put back if the rename fails,
+    and removed after."""
     aside = target.with_name(f".{target.name}.replaced")
     shutil.rmtree(aside, ignore_errors=True)
     if target.exists():
         target.rename(aside)
-    source.rename(target)
+    try:
+        source.rename(target)
+    except OSError:
+        if aside.exists():
+            aside.rename(target)
+        raise
     shutil.rmtree(aside, ignore_errors=True)
-
-
-def _write_atomically(path, text):
-    temporary = path.with_name(f".{path.name}.tmp")
-    temporary.write_text(text, encoding="utf-8")
-    os.replace(temporary, path)
-
-
-def _umask():
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 # ----------------------------------------------------------------------------- checking

@@ -51,7 +51,7 @@ import utils  # noqa: E402,F401 - first: hides this folder from `import triton` 
 import finetuning  # noqa: E402
 import model as modeling  # noqa: E402
 import torch  # noqa: E402
-from tokenization import vocab_file_text  # noqa: E402
+from tokenization import vocab_txt_bytes  # noqa: E402
 
 INPUTS = [("input__0", "input_ids"), ("input__1", "segment_ids"), ("input__2", "input_mask")]
 OUTPUTS = {"squad": [("output__0", "start_logits"), ("output__1", "end_logits")],
@@ -59,6 +59,12 @@ OUTPUTS = {"squad": [("output__0", "start_logits"), ("output__1", "end_logits")]
 TRITON_TYPES = {torch.int32: "TYPE_INT32", torch.int64: "TYPE_INT64",
                 torch.float32: "TYPE_FP32"}
 FILE_NAMES = {"onnx": "model.onnx", "torchscript": "model.pt"}
+
+
+# signature.json keys that do not tell whether an earlier export is of the same model, and
+# keys that exports before them lack (such an export is judged by the rest, as then).
+NOT_THE_MODEL = {"files", "do_lower_case"}
+NEWER_KEYS = {"init_checkpoint_stamp", "label_names", "do_lower_case"}
 
 
 class ExportMismatchError(ValueError):
@@ -254,7 +260,8 @@ def earlier_exports(output_dir, described):
         earlier = utils.read_json_object(output_dir / "signature.json", "earlier export")
     except (OSError, ValueError):  # none, or unreadable: nothing to keep
         return {}
-    same = all(earlier.get(key) == value for key, value in described.items() if key != "files")
+    same = all(earlier.get(key) == value for key, value in described.items()
+               if key not in NOT_THE_MODEL and (key in earlier or key not in NEWER_KEYS))
     kept = {}
     for fmt, name in dict(earlier.get("files") or {}).items():
         path = output_dir / str(name)
@@ -312,7 +319,8 @@ def main(args):
     described = describe(args, model.config, input_dtype)
     described["files"] = earlier_exports(output_dir, described)
     model.config.to_json_file(output_dir / "config.json")
-    utils.atomic_write_text(output_dir / "vocab.txt", vocab_file_text(args.vocab_file))
+    with utils.atomic_path(output_dir / "vocab.txt") as partial:
+        partial.write_bytes(vocab_txt_bytes(args.vocab_file))
     write_description(output_dir, described)
     for fmt in args.format:
         path = output_dir / FILE_NAMES[fmt]
