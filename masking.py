@@ -156,6 +156,7 @@ class DynamicMasking:
         input_ids = original_tokens(arrays)
         options = MaskingOptions(arrays["masked_lm_positions"].shape[1], self.masked_lm_prob,
                                  self.whole_word_masking)
+        self._check_budget(options.max_predictions_per_seq, input_ids.shape[1])
         rng = InstanceRandom(self.seed, epoch, instance_ids)
         positions, valid = choose_masked_positions(input_ids, arrays["input_mask"], options,
                                                    self.special_ids, self.is_subword, rng)
@@ -165,6 +166,18 @@ class DynamicMasking:
         return {**arrays, "input_ids": input_ids.astype(arrays["input_ids"].dtype),
                 "masked_lm_positions": positions.astype(dtype),
                 "masked_lm_ids": masked_lm_ids.astype(arrays["masked_lm_ids"].dtype)}
+
+
+    def _check_budget(self, width, seq_length):
+        """A full row's share of masked tokens must fit the shards' masked_lm_positions:
+        beyond them the share would be cut silently (30% asked, 15.6% masked)."""
+        wanted = max(1, int(np.rint(seq_length * self.masked_lm_prob)))
+        if wanted > width:
+            raise ValueError(f"--masked_lm_prob {self.masked_lm_prob} masks up to {wanted} "
+                             f"tokens of a {seq_length}-token row, but the shards hold "
+                             f"{width} masked positions a row: make them with "
+                             f"create_pretraining_data.py --max_predictions_per_seq {wanted} "
+                             f"or more, or lower --masked_lm_prob")
 
 
 def original_tokens(arrays):

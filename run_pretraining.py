@@ -154,7 +154,8 @@ def parse_args(argv=None):
                              "needs --vocab_file), instead of the masks stored in the shards")
     parser.add_argument("--masked_lm_prob", type=float, default=None,
                         help=f"--dynamic_masking: share of each sequence's tokens masked "
-                             f"(default {DEFAULT_MASKED_LM_PROB})")
+                             f"(default {DEFAULT_MASKED_LM_PROB}); the shards' masked positions "
+                             f"must hold it")
     parser.add_argument("--whole_word_masking", action="store_true",
                         help="--dynamic_masking: mask whole words (all their word pieces)")
     parser.add_argument("--no_dropout", action="store_true",

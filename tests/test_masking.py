@@ -42,6 +42,20 @@ def test_dynamic_masks_follow_berts_statistics(instances):
         assert remasked[name] is data[name]
 
 
+def test_a_share_the_shards_cannot_hold_is_refused(instances):
+    # 20 positions a row: 15% of 128 tokens (19) fits, 30% (38) would be cut to 15.6%.
+    data, ids = instances
+    vocab = dict(sorted(ids.items(), key=lambda item: item[1]))
+    rows = np.arange(4)
+    width, seq = data["masked_lm_positions"].shape[1], data["input_ids"].shape[1]
+    assert (width, seq) == (20, 128)
+    DynamicMasking(vocab, 0.15, False, 1)({k: v[rows] for k, v in data.items()}, 0, rows)
+    with pytest.raises(ValueError, match="--masked_lm_prob 0.3 masks up to 38 tokens of a "
+                                         "128-token row, but the shards hold 20 masked "
+                                         "positions a row: .* --max_predictions_per_seq 38"):
+        DynamicMasking(vocab, 0.3, False, 1)({k: v[rows] for k, v in data.items()}, 0, rows)
+
+
 def test_an_instance_gets_the_same_mask_in_any_batch_and_another_in_the_next_epoch(instances):
     data, ids = instances
     mask = remasker(ids)
