@@ -550,8 +550,11 @@ def to_batch(arrays, pin_memory=False):
 class LddlBatches:
     """Batches from LDDL's balanced Parquet shards through lddl.torch (pip install
     --no-deps lddl==0.1.0 pyarrow), renamed to BertForPreTraining's arguments. The position
-    counts finished passes (LDDL resumes at epoch granularity). Each batch is checked
-    against `limits` (its width and largest token id: LDDL tokenizes at load time)."""
+    is the epoch and the batches served in it: LDDL starts an epoch only at its beginning,
+    in an order fixed by (seed, epoch), so a resume loads the served ones again and skips
+    them (else runs shorter than an epoch, requeued, would train on its first batches
+    only). Each batch is checked against `limits` (its width and largest token id: LDDL
+    tokenizes at load time)."""
 
     def __init__(self, files, vocab_file, micro_batch, local_rank, world_size, seed,
                  position, num_workers, log_dir, limits=ShardLimits()):
@@ -574,7 +577,7 @@ class LddlBatches:
                              f"workers ({world_size} x {num_workers}); change --num_workers "
                              f"or re-balance the shards")
         self.folder, self.vocab_file, self.limits = files[0].parent, vocab_file, limits
-        self.position = Position(epoch=position.epoch)
+        self.position = Position(epoch=position.epoch, batch_index=position.batch_index)
         self.loader = get_bert_pretrain_data_loader(
             str(files[0].parent), local_rank=max(local_rank, 0), vocab_file=str(vocab_file),
             data_loader_kwargs={"batch_size": micro_batch, "num_workers": num_workers,
@@ -591,14 +594,22 @@ class LddlBatches:
                                                    exitpriority=100)
 
     def __iter__(self):
+        served = self.position.batch_index
+        if served:
+            utils.logger.info("LDDL: loading the %d batches of epoch %d served before the "
+                              "resume again, to skip them", served, self.position.epoch)
         while True:
-            for batch in self.loader:
+            for index, batch in enumerate(self.loader):
+                if index < served:
+                    continue
+                self.position = Position(epoch=self.position.epoch, batch_index=index + 1)
                 self._check(batch)
                 yield {"input_ids": batch["input_ids"],
                        "token_type_ids": batch["token_type_ids"],
                        "attention_mask": batch["attention_mask"],
                        "masked_lm_labels": batch["labels"],
                        "next_sentence_labels": batch["next_sentence_labels"]}
+            served = 0
             self.position = Position(epoch=self.position.epoch + 1)
 
     def _check(self, batch):

@@ -137,10 +137,11 @@ def binned(corpus):
 
 # ----------------------------------------------------------------------------- checks
 
-def first_batches(input_dir, vocab, count, tmp_path, num_workers=1, epoch=0):
+def first_batches(input_dir, vocab, count, tmp_path, num_workers=1, epoch=0, served=0):
     _, files = find_input_files(input_dir)
     source = LddlBatches(files, vocab, BATCH, local_rank=-1, world_size=1, seed=7,
-                         position=Position(epoch=epoch), num_workers=num_workers,
+                         position=Position(epoch=epoch, batch_index=served),
+                         num_workers=num_workers,
                          log_dir=tmp_path / "lddl_log")
     stream = iter(source)
     batches = [next(stream) for _ in range(count)]
@@ -228,7 +229,19 @@ def test_checkpoint_records_the_lddl_epoch(corpus, unbinned, tmp_path):
         str(tmp_path), "--vocab_file", str(vocab), "--train_batch_size", str(BATCH),
         "--max_steps", "7", "--num_workers", "1", "--disable_progress_bar"]))  # 6 steps an epoch
     state = torch.load(tmp_path / "ckpt_7.pt", weights_only=True)
-    assert state["data_position"]["epoch"] == 1
+    assert (state["data_position"]["epoch"], state["data_position"]["batch_index"]) == (1, 1)
+
+
+def test_a_resume_inside_an_epoch_skips_the_batches_it_served(corpus, unbinned, tmp_path):
+    """Requeued runs shorter than an epoch would otherwise all train on its first batches."""
+    _, vocab, _, _ = corpus
+    uninterrupted = first_batches(unbinned, vocab, 9, tmp_path / "whole")
+    for epoch, served in ((0, 3), (1, 2), (0, 6)):  # (0, 6): the epoch's last was served
+        resumed = first_batches(unbinned, vocab, 2, tmp_path / f"resumed{epoch}{served}",
+                                epoch=epoch, served=served)
+        for batch, reference in zip(resumed, uninterrupted[6 * epoch + served:]):
+            for name, tensor in batch.items():
+                assert torch.equal(tensor, reference[name]), (epoch, served, name)
 
 
 def test_a_position_in_a_later_epoch_starts_that_epochs_order(corpus, unbinned, tmp_path):
