@@ -35,7 +35,8 @@ Deliberate deviations from NVIDIA's loader:
   assert).
 - With dynamic masking (masking.DynamicMasking) the reader process masks its rows anew for
   each epoch, keyed by (file, row on disk), before the rank sees them.
-- LDDL shards resume at epoch granularity (as NVIDIA's LDDL path does).
+- LDDL shards resume inside their epoch, skipping the batches already served (NVIDIA's
+  LDDL path restarts the epoch: requeued runs shorter than one replay its start).
 """
 
 import logging
