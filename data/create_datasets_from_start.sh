@@ -40,9 +40,21 @@ for dataset in google_pretrained_weights squad mrpc sst-2 wikicorpus_en; do
 done
 
 if [[ $FLOW == lddl ]]; then
-  if ! command -v preprocess_bert_pretrain > /dev/null; then
-    echo "Wikipedia is downloaded; making Parquet shards needs LDDL's full install (above)." >&2
-  fi
+  # LDDL's preprocessing runs under MPI with dask across a machine or a cluster: its size
+  # is the user's to choose, so the commands are printed, not run.
+  W=$BERT_PREP_WORKING_DIR
+  cat >&2 << EOF
+Wikipedia is downloaded; the lddl flow stops here. Make the Parquet shards with LDDL's full
+install (dask, dask-mpi, an MPI library), N shards from P processes, for phase 1:
+  mpirun -np P preprocess_bert_pretrain --schedule mpi --vocab-file VOCAB.txt \\
+    --wikipedia $W/wikipedia/source --sink $W/pretrain/phase1/unbinned/parquet \\
+    --num-blocks N --sample-ratio 0.9 --masking --seed 42
+  mpirun -np P balance_dask_output --indir $W/pretrain/phase1/unbinned/parquet --num-shards N
+and for phase 2 the same with --target-seq-length 512 --bin-size 64 and
+$W/pretrain/phase2/bin_size_64/parquet; then set DATA_DIR_PHASE1/2 and VOCAB_FILE for
+scripts/run_pretraining.sh. Without LDDL's full install, 'bash $0 hdf5' makes the HDF5
+shards that scripts/run_pretraining.sh reads by default.
+EOF
   exit 0
 fi
 

@@ -85,7 +85,7 @@ for phase in 1 2; do
   folder=DATA_DIR_PHASE$phase
   has_shards "${!folder}" || problem "$folder=${!folder} holds no pre-training shards: set" \
     "$folder to a folder of phase-$phase .hdf5 (or LDDL .parquet) files (create_pretraining_data.py," \
-    "data/create_datasets_from_start.sh)"
+    "or bash data/create_datasets_from_start.sh hdf5, which writes the default folders)"
 done
 [ -f "$BERT_CONFIG" ] || problem "BERT_CONFIG=$BERT_CONFIG is not a file: set BERT_CONFIG to a BERT config JSON"
 [ "$init_checkpoint" = None ] || [ -e "$init_checkpoint" ] ||

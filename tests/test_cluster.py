@@ -444,13 +444,29 @@ def test_pretraining_wrapper_defaults_on_a_cpu_name_what_to_set(tmp_path):
     assert result.stderr.splitlines() == [
         f"run_pretraining.sh: error: DATA_DIR_PHASE1={prep.format(128, 20)} holds no "
         "pre-training shards: set DATA_DIR_PHASE1 to a folder of phase-1 .hdf5 (or LDDL "
-        ".parquet) files (create_pretraining_data.py, data/create_datasets_from_start.sh)",
+        ".parquet) files (create_pretraining_data.py, or bash data/create_datasets_from_start.sh "
+        "hdf5, which writes the default folders)",
         f"run_pretraining.sh: error: DATA_DIR_PHASE2={prep.format(512, 80)} holds no "
         "pre-training shards: set DATA_DIR_PHASE2 to a folder of phase-2 .hdf5 (or LDDL "
-        ".parquet) files (create_pretraining_data.py, data/create_datasets_from_start.sh)",
+        ".parquet) files (create_pretraining_data.py, or bash data/create_datasets_from_start.sh "
+        "hdf5, which writes the default folders)",
         "run_pretraining.sh: error: num_gpus (argument 4) is 8, but this machine has 0 GPUs: "
         "pass 1 (one process per GPU; 1 on a machine without one)"]
     assert result.stdout == "" and not (tmp_path / "results").exists()
+
+
+def test_the_lddl_data_flow_ends_with_the_commands_that_make_its_shards(tmp_path):
+    # PYTHON=true stands in for every download; the flow used to end there, silently.
+    script = REPO / "data" / "create_datasets_from_start.sh"
+    result = subprocess.run(["bash", str(script), "lddl"], text=True, capture_output=True,
+                            timeout=60, env=clean_env(PYTHON="true",
+                                                      BERT_PREP_WORKING_DIR=str(tmp_path)))
+    assert result.returncode == 0, result.stderr
+    for line in (f"--wikipedia {tmp_path}/wikipedia/source --sink "
+                 f"{tmp_path}/pretrain/phase1/unbinned/parquet",
+                 f"balance_dask_output --indir {tmp_path}/pretrain/phase1/unbinned/parquet",
+                 f"'bash {script} hdf5' makes the HDF5"):
+        assert line in result.stderr, result.stderr
 
 
 def test_squad_wrapper_defaults_on_a_cpu_name_what_to_set():
